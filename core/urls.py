@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, JsonResponse
+from django.urls import path, re_path
+
+from core.health import healthz
+from jobs import views
+from jobs.api import api
+from notifications.sse import job_events
+
+
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"errors": {"path": [f"No API endpoint at {request.path}."]}}, status=404)
+
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("jobs/<str:job_id>/", views.job_detail, name="job-detail"),
+    path("api/jobs/<str:job_id>/events/", job_events, name="job-events"),
+    path("api/", api.urls),
+    re_path(r"^api/", api_not_found),
+    path("healthz", healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]

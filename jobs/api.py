@@ -1,0 +1,276 @@
+"""The JSON API of DESIGN.md, on django-ninja: typed schemas give the OpenAPI document.
+
+Every error answers `{"errors": {"<field>": ["<message>"]}}` naming what was wrong.
+Session auth applies CSRF to every unsafe request, anonymous visitors included
+(ninja's own session auth checks it only for signed-in users).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
+from ninja import Field, NinjaAPI, Query, Schema
+from ninja.errors import HttpError, ValidationError
+from ninja.security import APIKeyCookie
+
+from jobs.exceptions import JobAlreadyFinished, JobNotFound
+from jobs.kinds import ParamsInvalid, UnknownKind, kind_list
+from jobs.owners import Owner, owner_from_request
+from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
+from jobs.services import job_cancel, job_create
+from notifications.events import job_payload
+
+MAX_PAGE_SIZE = 100
+
+# --- auth ------------------------------------------------------------------------
+
+
+class SessionOwnerAuth(APIKeyCookie):
+    """Every visitor is an owner: a user, or an anonymous session (created on first sight)."""
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Owner:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            get_token(request)  # hands API clients the csrftoken cookie for their POSTs
+        return owner_from_request(request)
+
+
+api = NinjaAPI(
+    title="jobstream API",
+    version="1.0",
+    description="Start slow jobs, follow their progress, fetch their results. "
+    "Live updates: WebSocket /ws/jobs/<id>/ and /ws/jobs/, or Server-Sent Events at "
+    "/api/jobs/<id>/events/.",
+    urls_namespace="api",
+    openapi_url="/openapi.json",
+    docs_url="/docs",
+    auth=SessionOwnerAuth(),
+)
+
+
+def _owner(request: HttpRequest) -> Owner:
+    owner = request.auth  # type: ignore[attr-defined]
+    assert isinstance(owner, Owner)
+    return owner
+
+
+def errors_body(field: str, message: str) -> dict[str, dict[str, list[str]]]:
+    return {"errors": {field: [message]}}
+
+
+def errors_response(status: int, field: str, message: str) -> JsonResponse:
+    return JsonResponse(errors_body(field, message), status=status)
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors:
+        names = [str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path")]
+        errors.setdefault(names[-1] if names else "request", []).append(str(error.get("msg", "Invalid value.")))
+    return JsonResponse({"errors": errors}, status=400)
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 403:
+        return errors_response(
+            403, "csrf", "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header."
+        )
+    return errors_response(exc.status_code, "request", str(exc))
+
+
+# --- schemas ---------------------------------------------------------------------
+
+
+class ErrorsOut(Schema):
+    errors: dict[str, list[str]]
+
+
+class ProgressOut(Schema):
+    current: int | float | None
+    total: int | float | None
+    percent: float | None
+    message: str
+    rate: float | None
+    eta_seconds: float | None
+
+
+class JobOut(Schema):
+    id: str
+    kind: str
+    params: dict[str, Any]
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    seq: int
+    progress: ProgressOut | None
+    result: Any
+    result_url: str | None
+    error: str | None
+    error_detail: str | None = Field(None, description="The traceback; staff only.")
+    queue_position: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    url: str
+
+
+class JobCreateIn(Schema):
+    kind: str = Field(..., description="A name from /api/job-kinds/.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Fits the kind's JSON Schema.")
+
+
+class JobPageOut(Schema):
+    count: int
+    next: str | None
+    previous: str | None
+    results: list[JobOut]
+
+
+class JobKindOut(Schema):
+    name: str
+    title: str
+    description: str
+    params_schema: dict[str, Any] = Field(..., alias="schema", description="JSON Schema of params.")
+
+
+class PageQuery(Schema):
+    page: int = Field(1, ge=1)
+    page_size: int = Field(settings.JOB_LIST_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+def _job_out(job: Any, owner: Owner) -> dict[str, Any]:
+    return dict(job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job)))
+
+
+def _visible_job_or_404(owner: Owner, job_id: str) -> Any:
+    job = job_get_visible(owner=owner, job_id=job_id)
+    if job is None:
+        raise JobNotFound()
+    return job
+
+
+@api.exception_handler(JobNotFound)
+def on_job_not_found(request: HttpRequest, exc: JobNotFound) -> HttpResponse:
+    return errors_response(404, "id", "No job with this id.")
+
+
+# --- endpoints -------------------------------------------------------------------
+
+
+@api.get("/job-kinds/", response=list[JobKindOut], by_alias=True, summary="The kinds of job and their parameters")
+def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
+    return [{"name": k.name, "title": k.title, "description": k.description, "schema": k.schema()} for k in kind_list()]
+
+
+@api.post(
+    "/jobs/",
+    response={201: JobOut, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut},
+    summary="Start a job",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobCreateIn.model_json_schema()}},
+        }
+    },
+)
+def create_job(request: HttpRequest, response: HttpResponse) -> tuple[int, dict[str, Any]]:
+    if request.content_type != "application/json":
+        return 415, errors_body("content_type", f"Send application/json, not {request.content_type or 'nothing'}.")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024
+        return 413, errors_body("body", f"The body is larger than {limit} KiB.")
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return 400, errors_body("body", f"Malformed JSON: {exc}.")
+    if not isinstance(body, dict):
+        return 400, errors_body("body", 'Must be a JSON object like {"kind": "...", "params": {...}}.')
+    errors: dict[str, list[str]] = {
+        str(key): ["Unknown field; send only kind and params."] for key in body if key not in ("kind", "params")
+    }
+    if "kind" not in body:
+        errors["kind"] = ["This field is required."]
+    if errors:
+        return 400, {"errors": errors}
+    owner = _owner(request)
+    try:
+        job = job_create(owner=owner, kind=body["kind"], params=body.get("params", {}))
+    except UnknownKind as exc:
+        return 400, errors_body("kind", str(exc))
+    except ParamsInvalid as exc:
+        return 400, {"errors": exc.errors}
+    response["Location"] = f"/api/jobs/{job.id}/"
+    return 201, _job_out(job, owner)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+@api.get("/jobs/", response={200: JobPageOut, 400: ErrorsOut}, summary="My jobs, newest first")
+def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> tuple[int, dict[str, Any]]:
+    owner = _owner(request)
+    jobs = job_list_visible(owner=owner)
+    count = jobs.count()
+    pages = max(1, -(-count // query.page_size))
+    if query.page > pages:
+        return 400, errors_body("page", f"Page {query.page} does not exist; there are {pages}.")
+    start = (query.page - 1) * query.page_size
+    results = [_job_out(job, owner) for job in jobs[start : start + query.page_size]]
+
+    def link(page: int) -> str:
+        return request.build_absolute_uri(f"{request.path}?page={page}&page_size={query.page_size}")
+
+    return 200, {
+        "count": count,
+        "next": link(query.page + 1) if query.page < pages else None,
+        "previous": link(query.page - 1) if query.page > 1 else None,
+        "results": results,
+    }
+
+
+@api.get("/jobs/{job_id}/", response={200: JobOut, 404: ErrorsOut}, summary="One job")
+def get_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
+    owner = _owner(request)
+    return _job_out(_visible_job_or_404(owner, job_id), owner)
+
+
+@api.post(
+    "/jobs/{job_id}/cancel/",
+    response={202: JobOut, 404: ErrorsOut, 409: ErrorsOut},
+    summary="Ask a job to stop",
+)
+def cancel_job(request: HttpRequest, job_id: str) -> tuple[int, dict[str, Any]]:
+    owner = _owner(request)
+    try:
+        job = job_cancel(owner=owner, job_id=job_id)
+    except JobAlreadyFinished as exc:
+        return 409, errors_body("state", str(exc))
+    return 202, _job_out(job, owner)
+
+
+@api.get(
+    "/jobs/{job_id}/result/",
+    response={200: None, 404: ErrorsOut},
+    summary="The file a job produced",
+    openapi_extra={"responses": {200: {"description": "The file", "content": {"application/octet-stream": {}}}}},
+)
+def get_job_result(request: HttpRequest, job_id: str) -> Any:
+    job = _visible_job_or_404(_owner(request), job_id)
+    if not job.result_file:
+        return 404, errors_body("result", "This job has no result file.")
+    media_root = Path(settings.MEDIA_ROOT).resolve()
+    path = (media_root / job.result_file.name).resolve()
+    if media_root not in path.parents or not path.is_file():
+        return 404, errors_body("result", "The result file is gone.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)

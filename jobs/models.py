@@ -1,0 +1,76 @@
+"""The Job: the database row is the source of truth for a job's lifecycle."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Job(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # An owner is a signed-in user, or an anonymous visitor identified by a random
+    # token kept in their session (never the session key itself: that is a credential
+    # and would end up in Redis group names).
+    owner_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    owner_token = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=64)
+    params = models.JSONField(default=dict)
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
+    # Strictly increases with every change, whoever makes it (worker, web, sweeper):
+    # clients drop any frame whose seq is not above the last one they showed.
+    seq = models.PositiveBigIntegerField(default=0)
+
+    progress_current = models.FloatField(null=True, blank=True)
+    progress_total = models.FloatField(null=True, blank=True)
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+    progress_rate = models.FloatField(null=True, blank=True)
+    progress_eta_seconds = models.FloatField(null=True, blank=True)
+    has_progress = models.BooleanField(default=False)
+
+    result = models.JSONField(null=True, blank=True)
+    result_file = models.FileField(upload_to="results/", blank=True, default="")
+    error = models.CharField(max_length=500, blank=True, default="")
+    error_detail = models.TextField(blank=True, default="")  # the traceback: logs and staff only
+
+    celery_task_id = models.CharField(max_length=255, blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner_user", "-created_at"], name="job_user_recent"),
+            models.Index(fields=["owner_token", "-created_at"], name="job_token_recent"),
+            models.Index(fields=["state", "created_at"], name="job_state_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def owner_key(self) -> str:
+        """The owner as one string: `u.<user id>` or `s.<session token>`."""
+        return f"u.{self.owner_user_id}" if self.owner_user_id else f"s.{self.owner_token}"

@@ -1,0 +1,46 @@
+"""Reads of jobs. Writes live in jobs/services.py."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import QuerySet
+
+from jobs.models import Job, JobState
+from jobs.owners import Owner
+
+OWNER_SNAPSHOT_SIZE = 20  # DESIGN.md: the owner socket's snapshot holds at least the last 20 jobs
+
+
+def parse_job_id(value: object) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def job_get_visible(*, owner: Owner | None, job_id: object) -> Job | None:
+    """The job if this owner may see it (its owner, or staff); None otherwise."""
+    parsed = parse_job_id(job_id)
+    if parsed is None or owner is None:
+        return None
+    queryset = Job.objects.all() if owner.is_staff else Job.objects.filter(owner.jobs_filter())
+    return queryset.filter(pk=parsed).first()
+
+
+def job_list_visible(*, owner: Owner) -> QuerySet[Job]:
+    """Newest first: every job for staff, else the owner's own."""
+    queryset = Job.objects.all() if owner.is_staff else Job.objects.filter(owner.jobs_filter())
+    return queryset.order_by("-created_at")
+
+
+def job_list_recent_for_owner(*, owner: Owner, limit: int = OWNER_SNAPSHOT_SIZE) -> list[Job]:
+    return list(Job.objects.filter(owner.jobs_filter()).order_by("-created_at")[:limit])
+
+
+def job_queue_position(*, job: Job) -> int | None:
+    """1-based place in line among queued jobs, oldest first; None unless queued."""
+    if job.state != JobState.QUEUED:
+        return None
+    ahead = Job.objects.filter(state=JobState.QUEUED, created_at__lt=job.created_at).count()
+    return ahead + 1

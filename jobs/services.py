@@ -1,0 +1,264 @@
+"""Writes to jobs: create, dispatch, run (start, report, finish) and cancel.
+
+Every change takes its `seq` from one atomic `UPDATE … SET seq = seq + 1` on the row,
+whichever process makes it, and is published after its transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.exceptions import JobAlreadyFinished, JobCancelled, JobError, JobNotFound
+from jobs.kinds import kind_get
+from jobs.models import TERMINAL_STATES, Job, JobState
+from jobs.owners import Owner
+from jobs.progress import Progress, ProgressUpdate
+from jobs.selectors import job_get_visible, job_queue_position
+from notifications.publish import publish_job_change, publisher
+
+logger = logging.getLogger(__name__)
+
+INTERNAL_ERROR_MESSAGE = "The job stopped because of an internal error."
+
+
+# --- changing a row --------------------------------------------------------------
+
+
+def _change(job_id: uuid.UUID, *, from_states: set[str], **fields: Any) -> Job | None:
+    """Applies `fields` and bumps `seq` if the job is in one of `from_states`.
+
+    Returns the job as changed, or None when it was not in those states. The
+    change is published once its transaction commits.
+    """
+    with transaction.atomic():
+        updated = Job.objects.filter(pk=job_id, state__in=from_states).update(seq=F("seq") + 1, **fields)
+        if not updated:
+            return None
+        job = Job.objects.get(pk=job_id)
+    job_publish(job)
+    return job
+
+
+def job_publish(job: Job) -> None:
+    position = job_queue_position(job=job) if job.state == JobState.QUEUED else None
+    transaction.on_commit(lambda: publish_job_change(job, queue_position=position))
+
+
+# --- create and dispatch ---------------------------------------------------------
+
+
+def job_create(*, owner: Owner, kind: str, params: object, from_text: bool = False) -> Job:
+    """Validates and saves a job, then hands it to a worker once the row is committed.
+
+    Raises UnknownKind or ParamsInvalid (both name the problem) before anything is saved.
+    """
+    job_kind = kind_get(kind)
+    cleaned = job_kind.validate(params, from_text=from_text)
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner_user_id=owner.user_id,
+            owner_token="" if owner.user_id else (owner.token or ""),
+            kind=job_kind.name,
+            params=cleaned,
+            seq=1,
+            created_at=now,
+            updated_at=now,
+        )
+        job_publish(job)
+        transaction.on_commit(lambda: job_dispatch(job_id=job.id))
+    logger.info("job %s created (kind %s)", job.id, job.kind)
+    return job
+
+
+def job_dispatch(*, job_id: uuid.UUID) -> bool:
+    """Sends the job's task to the broker; True when the broker took it.
+
+    A failure is logged and the job stays queued and undispatched (`dispatched_at` null).
+    """
+    from jobs.tasks import run_job
+
+    job = Job.objects.get(pk=job_id)
+    job_kind = kind_get(job.kind)
+    try:
+        run_job.apply_async(
+            args=(str(job.id),),
+            task_id=str(job.id),
+            soft_time_limit=job_kind.soft_time_limit,
+            time_limit=job_kind.time_limit,
+        )
+    except Exception:
+        logger.exception("job %s (kind %s): dispatch to the broker failed", job.id, job.kind)
+        return False
+    Job.objects.filter(pk=job.id, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+    return True
+
+
+# --- running ---------------------------------------------------------------------
+
+
+def job_start(*, job_id: uuid.UUID, task_id: str) -> Job | None:
+    """queued → running; None when the job is not queued (cancelled before it started)."""
+    now = timezone.now()
+    return _change(
+        job_id,
+        from_states={JobState.QUEUED},
+        state=JobState.RUNNING,
+        started_at=now,
+        updated_at=now,
+        celery_task_id=task_id,
+    )
+
+
+def _progress_fields(update: ProgressUpdate) -> dict[str, Any]:
+    return {
+        "progress_current": update.current,
+        "progress_total": update.total,
+        "progress_message": update.message,
+        "progress_rate": update.rate,
+        "progress_eta_seconds": update.eta_seconds,
+        "has_progress": True,
+    }
+
+
+def job_report_progress(*, job_id: uuid.UUID, update: ProgressUpdate) -> bool:
+    """Stores and publishes one progress update; True when the job must stop."""
+    job = _change(
+        job_id,
+        from_states={JobState.RUNNING},
+        updated_at=datetime.fromtimestamp(update.at, tz=UTC),
+        **_progress_fields(update),
+    )
+    return job is None or job.cancel_requested
+
+
+def job_finish(
+    *,
+    job_id: uuid.UUID,
+    state: JobState,
+    progress: ProgressUpdate | None = None,
+    result: Mapping[str, Any] | None = None,
+    result_file: str = "",
+    error: str = "",
+    error_detail: str = "",
+) -> Job | None:
+    """running → a terminal state, with the last unsent progress in the same write."""
+    assert state in TERMINAL_STATES
+    now = timezone.now()
+    fields: dict[str, Any] = {
+        "state": state,
+        "finished_at": now,
+        "updated_at": now,
+        "result": dict(result) if result is not None else None,
+        "result_file": result_file,
+        "error": error[:500],
+        "error_detail": error_detail,
+    }
+    if progress is not None:
+        fields.update(_progress_fields(progress))
+    return _change(job_id, from_states={JobState.RUNNING}, **fields)
+
+
+def job_run(*, job_id: uuid.UUID, task_id: str) -> Job | None:
+    """Runs a job from start to its terminal state (the body of the Celery task)."""
+    job = job_start(job_id=job_id, task_id=task_id)
+    if job is None:
+        logger.info("job %s: not queued any more, not started", job_id)
+        return None
+    job_kind = kind_get(job.kind)
+    log_context = f"job {job.id} (kind {job.kind})"
+    reporter = Progress(
+        emit=lambda update: job_report_progress(job_id=job.id, update=update),
+        max_rate=settings.PROGRESS_MAX_RATE,
+        result_dir=Path(settings.MEDIA_ROOT) / "results" / str(job.id),
+    )
+    publisher.watch_cancel(str(job.id), reporter.request_cancel)
+    logger.info("%s: started", log_context)
+    try:
+        if job.cancel_requested:
+            raise JobCancelled()
+        result = job_kind.run(reporter, **job.params) or {}
+        json.dumps(result, allow_nan=False)  # a result must be plain JSON
+    except JobCancelled:
+        logger.info("%s: cancelled", log_context)
+        return job_finish(job_id=job.id, state=JobState.CANCELLED, progress=reporter.unsent())
+    except JobError as exc:
+        logger.info("%s: failed: %s", log_context, exc)
+        return job_finish(job_id=job.id, state=JobState.FAILED, progress=reporter.unsent(), error=str(exc))
+    except SoftTimeLimitExceeded:
+        message = f"The job ran longer than its limit of {job_kind.soft_time_limit} seconds."
+        logger.warning("%s: %s", log_context, message)
+        return job_finish(job_id=job.id, state=JobState.FAILED, progress=reporter.unsent(), error=message)
+    except Exception:
+        detail = traceback.format_exc()
+        logger.exception("%s: crashed", log_context)
+        return job_finish(
+            job_id=job.id,
+            state=JobState.FAILED,
+            progress=reporter.unsent(),
+            error=INTERNAL_ERROR_MESSAGE,
+            error_detail=detail,
+        )
+    finally:
+        publisher.unwatch_cancel(str(job.id))
+    result_file = ""
+    if reporter.result_files:
+        result_file = reporter.result_files[0].relative_to(Path(settings.MEDIA_ROOT)).as_posix()
+    logger.info("%s: succeeded", log_context)
+    return job_finish(
+        job_id=job.id,
+        state=JobState.SUCCEEDED,
+        progress=reporter.unsent(),
+        result=result,
+        result_file=result_file,
+    )
+
+
+# --- cancel ----------------------------------------------------------------------
+
+
+def job_cancel(*, owner: Owner, job_id: object) -> Job:
+    """Asks a job to stop: a queued job is cancelled at once; a running one at its
+    next progress call. Raises JobNotFound, or JobAlreadyFinished for a terminal job."""
+    job = job_get_visible(owner=owner, job_id=job_id)
+    if job is None:
+        raise JobNotFound()
+    now = timezone.now()
+    cancelled = _change(
+        job.id, from_states={JobState.QUEUED}, state=JobState.CANCELLED, finished_at=now, updated_at=now
+    )
+    if cancelled is not None:
+        transaction.on_commit(lambda: _revoke(str(job.id)))
+        logger.info("job %s (kind %s): cancelled while queued", job.id, job.kind)
+        return cancelled
+    with transaction.atomic():
+        asked = Job.objects.filter(pk=job.id, state=JobState.RUNNING).update(cancel_requested=True)
+    job.refresh_from_db()
+    if not asked:
+        raise JobAlreadyFinished(job.state)
+    transaction.on_commit(lambda: publisher.send_cancel(str(job.id)))
+    logger.info("job %s (kind %s): cancel requested while running", job.id, job.kind)
+    return job
+
+
+def _revoke(task_id: str) -> None:
+    # Only an optimisation: the task also checks the state before it starts.
+    from celery_app import app
+
+    try:
+        app.control.revoke(task_id)
+    except Exception:
+        logger.warning("revoke of task %s failed; the start check still stops it", task_id, exc_info=True)

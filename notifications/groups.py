@@ -1,0 +1,26 @@
+"""Channel-layer group names, built in one place.
+
+Channels allows ASCII letters, digits, `-`, `_` and `.` in names under 100 characters.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+_GROUP_NAME_OK = re.compile(r"^[A-Za-z0-9._-]{1,99}$")
+
+
+def _checked(name: str) -> str:
+    if not _GROUP_NAME_OK.match(name):
+        raise ValueError(f"Invalid channel-layer group name {name!r}.")
+    return name
+
+
+def job_group(job_id: uuid.UUID | str) -> str:
+    return _checked(f"job.{uuid.UUID(str(job_id)).hex}")
+
+
+def owner_group(owner_key: str) -> str:
+    """`owner_key` is `Owner.key` / `Job.owner_key`: `u.<id>` or `s.<token>`."""
+    return _checked(f"owner.{owner_key}")

@@ -1,0 +1,221 @@
+"""Shared fixtures: a real Redis on a free port, a real Celery worker, a real daphne
+serving the real ASGI app, and a real browser (Debian's Chromium through Playwright).
+
+Nothing here is mocked. Every process a fixture starts is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Sync Playwright runs an event loop in the test thread beside the ORM.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+from core.redis_local import RedisProcess, free_port, start_redis
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+
+
+# --- Redis -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def media_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="jobstream-media-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterator[None]:
+    """Django, Channels and Celery in this process all use the test Redis."""
+    from django.test.utils import override_settings
+
+    from celery_app import app
+    from core.settings import channel_layers_for
+
+    url = redis_server.url
+    override = override_settings(
+        REDIS_URL=url,
+        CHANNEL_LAYERS=channel_layers_for(url),
+        CELERY_BROKER_URL=url,
+        CELERY_RESULT_BACKEND=url,
+        MEDIA_ROOT=str(media_root),
+    )
+    override.enable()
+    app.conf.update(broker_url=url, result_backend=url)
+    yield
+    override.disable()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisProcess) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+# --- Celery worker ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def celery_worker_thread(_point_at_test_redis: None) -> Iterator[Any]:
+    """A real Celery worker (pool solo) in a thread, consuming from the test Redis.
+
+    Tests that use it need committed rows: mark them `django_db(transaction=True)`.
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from celery_app import app
+
+    with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10, loglevel="WARNING") as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker(celery_worker_thread: Any, transactional_db: None) -> Any:
+    return celery_worker_thread
+
+
+# --- live ASGI server ------------------------------------------------------------
+
+
+def _database_url_for_subprocess() -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class LiveServer:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def live_server_env(redis_server: RedisProcess, media_root: Path, django_db_setup: None) -> dict[str, str]:
+    """The environment of a web process that shares the test database and Redis."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url_for_subprocess(),
+        "REDIS_URL": redis_server.url,
+        "MEDIA_ROOT": str(media_root),
+        "DEBUG": "false",
+        "SECRET_KEY": "jobstream-tests-secret-key-not-for-production-0123456789",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "WHITENOISE_USE_FINDERS": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def live_server(live_server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """daphne serving core.asgi on a free port, as `make run` starts it."""
+    import urllib.request
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"],
+            cwd=ROOT,
+            env=live_server_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(process, port, log)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited at start:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/api/job-kinds/", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    if not wait_until(answers, timeout=30):
+        server.stop()
+        raise RuntimeError(f"daphne did not answer within 30 s:\n{log.read_text()}")
+    yield server
+    server.stop()
+
+
+# --- browser ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (no browser download here)."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run must apt-get install chromium")
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium to run browser tests")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    yield page
+    context.close()

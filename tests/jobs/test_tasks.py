@@ -1,0 +1,37 @@
+"""The Celery task under a real worker: a job runs from queued to its terminal state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobs.models import Job, JobState
+from jobs.owners import Owner
+from jobs.services import job_create
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OWNER = Owner(token="t" * 32)
+
+
+def finished(job: Job, timeout: float = 20) -> Job:
+    assert wait_until(lambda: Job.objects.get(pk=job.pk).is_terminal, timeout=timeout), "job never ended"
+    return Job.objects.get(pk=job.pk)
+
+
+def test_worker_runs_primes_to_success(worker: Any) -> None:
+    job = finished(job_create(owner=OWNER, kind="primes", params={"limit": 100_000}))
+    assert job.state == JobState.SUCCEEDED
+    assert job.result == {"count": 9592, "limit": 100_000}
+    assert job.progress_current == 100_000
+    assert job.started_at is not None and job.finished_at is not None
+    assert job.seq >= 4  # created, started, at least one progress, finished
+
+
+def test_failing_sleep_job_stores_the_users_message(worker: Any) -> None:
+    job = finished(job_create(owner=OWNER, kind="sleep", params={"steps": 3, "step_seconds": 0, "fail_at_step": 2}))
+    assert job.state == JobState.FAILED
+    assert job.error == "Failed at step 2, as asked by fail_at_step."
+    assert job.error_detail == ""
