@@ -24,6 +24,7 @@ from core.redis_local import RedisProcess, free_port, start_redis
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+(ROOT / "var").mkdir(exist_ok=True)  # the SQLite test database lives there (core/settings.py)
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 
 
