@@ -44,8 +44,8 @@ def main() -> int:
     web_port = env.setdefault("WEB_PORT", "8000")
     flower_port = env.setdefault("FLOWER_PORT", "5555")
     env["REDIS_URL"] = redis_url
-    env.setdefault("CELERY_WORKER_POOL", "threads")
-    env.setdefault("CELERY_WORKER_CONCURRENCY", "8")
+    env.setdefault("CELERY_WORKER_POOL", "prefork")
+    env.setdefault("CELERY_WORKER_CONCURRENCY", "4")
     flower_auth = env.setdefault("FLOWER_BASIC_AUTH", DEV_FLOWER_BASIC_AUTH)
     env.setdefault("FLOWER_URL", f"http://127.0.0.1:{flower_port}/flower/")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
