@@ -120,6 +120,11 @@ class LiveServer:
         self.log = log
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
+        # pytest-django's autouse _live_server_helper takes any fixture named
+        # `live_server` for its own and enables/disables this around each test.
+        from django.test.utils import override_settings
+
+        self._live_server_modified_settings = override_settings()
 
     def stop(self) -> None:
         if self.process.poll() is None:

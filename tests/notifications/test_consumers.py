@@ -1,0 +1,487 @@
+"""The WebSocket consumers, driven through the real ASGI app (origin check, sessions)
+over the real Redis pub/sub channel layer.
+
+Jobs are written as rows here, not through `job_create`, unless a test is about
+creation: the session's Celery worker thread may be running, and a dispatched job
+would not stay queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.backends.db import SessionStore
+
+from core.asgi import application
+from jobs.models import Job, JobState
+from jobs.owners import SESSION_OWNER_KEY, Owner
+from jobs.progress import ProgressUpdate
+from jobs.services import job_create, job_finish, job_report_progress, job_start
+from notifications.consumers import CLOSE_FLOOD, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
+from notifications.groups import job_group
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FRAME_TIMEOUT = 5.0  # seconds for one frame to cross the layer on this machine
+ORIGIN = b"http://127.0.0.1"
+JOB_KEYS = {
+    "id",
+    "kind",
+    "params",
+    "state",
+    "seq",
+    "progress",
+    "result",
+    "result_url",
+    "error",
+    "queue_position",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "url",
+}
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def new_owner() -> Owner:
+    return Owner(token=secrets.token_hex(16))
+
+
+@database_sync_to_async
+def session_for(owner: Owner) -> str:
+    session = SessionStore()
+    session[SESSION_OWNER_KEY] = owner.token
+    session.save()
+    assert session.session_key is not None
+    return session.session_key
+
+
+_clock = [datetime(2030, 1, 1, tzinfo=UTC)]
+
+
+@database_sync_to_async
+def make_job(owner: Owner, *, state: JobState = JobState.QUEUED, seq: int = 1) -> Job:
+    """A job row with no task behind it; each one is newer than the one before."""
+    _clock[0] += timedelta(seconds=1)
+    return Job.objects.create(
+        owner_token=owner.token or "",
+        kind="sleep",
+        params={"steps": 3, "step_seconds": 0.01},
+        state=state,
+        seq=seq,
+        created_at=_clock[0],
+        updated_at=_clock[0],
+    )
+
+
+def progress(current: float, total: float = 10) -> ProgressUpdate:
+    return ProgressUpdate(current=current, total=total, message=f"step {current}", rate=None, eta_seconds=None, at=0.0)
+
+
+def headers(session_key: str | None = None, origin: bytes | None = ORIGIN) -> list[tuple[bytes, bytes]]:
+    result = [(b"host", b"127.0.0.1")]
+    if origin is not None:
+        result.append((b"origin", origin))
+    if session_key is not None:
+        result.append((b"cookie", f"sessionid={session_key}".encode()))
+    return result
+
+
+async def connect(path: str, session_key: str | None, origin: bytes | None = ORIGIN) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, path, headers=headers(session_key, origin))
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+    assert connected, f"handshake to {path} refused"
+    return communicator
+
+
+async def receive(communicator: WebsocketCommunicator) -> dict[str, Any]:
+    """The next text frame as JSON; fails on a close."""
+    output = await communicator.receive_output(timeout=FRAME_TIMEOUT)
+    assert output["type"] == "websocket.send", f"expected a frame, got {output}"
+    frame: dict[str, Any] = json.loads(output["text"])
+    return frame
+
+
+async def close_code(communicator: WebsocketCommunicator) -> int:
+    """Skips frames up to the server's close; returns its code."""
+    while True:
+        output = await communicator.receive_output(timeout=FRAME_TIMEOUT)
+        if output["type"] == "websocket.close":
+            return int(output.get("code", 1000))
+
+
+@pytest.fixture
+async def owner_session() -> AsyncIterator[tuple[Owner, str]]:
+    owner = new_owner()
+    yield owner, await session_for(owner)
+
+
+# --- single-job socket: what it sends ---------------------------------------------
+
+
+async def test_job_socket_first_frame_is_the_full_job(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+
+    frame = await receive(communicator)
+
+    assert frame["type"] == "job"
+    assert set(frame["job"]) == JOB_KEYS
+    assert frame["job"]["id"] == str(job.id)
+    assert frame["job"]["state"] == "queued"
+    assert frame["job"]["seq"] == 1
+    assert frame["job"]["queue_position"] is not None
+    await communicator.disconnect()
+
+
+async def test_job_socket_streams_service_changes_in_seq_order_and_closes_1000_after_terminal(
+    owner_session: tuple[Owner, str],
+) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    first = await receive(communicator)
+
+    await database_sync_to_async(job_start)(job_id=job.id, task_id="t")
+    for step in (1, 2, 3):
+        await database_sync_to_async(job_report_progress)(job_id=job.id, update=progress(step))
+    await database_sync_to_async(job_finish)(job_id=job.id, state=JobState.SUCCEEDED, result={"ok": True})
+
+    frames = [await receive(communicator) for _ in range(5)]
+    seqs = [first["job"]["seq"]] + [frame["job"]["seq"] for frame in frames]
+    assert seqs == sorted(set(seqs)), f"seq not strictly increasing: {seqs}"
+    assert [frame["job"]["state"] for frame in frames] == ["running"] * 4 + ["succeeded"]
+    assert [frame["job"]["progress"]["current"] for frame in frames[1:4]] == [1, 2, 3]
+    assert frames[-1]["job"]["result"] == {"ok": True}
+    assert await close_code(communicator) == CLOSE_NORMAL
+
+
+async def test_job_socket_on_terminal_job_sends_snapshot_then_closes_1000(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner, state=JobState.SUCCEEDED, seq=5)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+
+    frame = await receive(communicator)
+
+    assert frame["job"]["state"] == "succeeded"
+    assert frame["job"]["seq"] == 5
+    assert await close_code(communicator) == CLOSE_NORMAL
+
+
+async def test_job_socket_drops_layer_frame_with_stale_seq(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner, state=JobState.RUNNING, seq=10)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+    layer = get_channel_layer()
+    assert layer is not None
+
+    def message(seq: int, text: str) -> dict[str, Any]:
+        return {"type": "job.frame", "job_id": str(job.id), "seq": seq, "terminal": False, "text": text}
+
+    stale = json.dumps({"type": "job", "job": {"seq": 9, "marker": "stale"}})
+    fresh = json.dumps({"type": "job", "job": {"seq": 11, "marker": "fresh"}})
+    await layer.group_send(job_group(job.id), message(9, stale))
+    await layer.group_send(job_group(job.id), message(10, stale))
+    await layer.group_send(job_group(job.id), message(11, fresh))
+
+    # The layer delivers in order: the first frame through must be the fresh one.
+    assert (await receive(communicator))["job"]["marker"] == "fresh"
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
+
+
+# --- single-job socket: who may watch ----------------------------------------------
+
+
+async def test_job_socket_for_another_owners_job_accepts_then_closes_4404(owner_session: tuple[Owner, str]) -> None:
+    _, key = owner_session
+    job = await make_job(new_owner())
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+
+    output = await communicator.receive_output(timeout=FRAME_TIMEOUT)
+
+    assert output == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
+
+
+async def test_job_socket_with_malformed_id_closes_4404(owner_session: tuple[Owner, str]) -> None:
+    _, key = owner_session
+    communicator = await connect("/ws/jobs/not-a-uuid/", key)
+
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_job_socket_with_unknown_id_closes_4404(owner_session: tuple[Owner, str]) -> None:
+    _, key = owner_session
+    communicator = await connect(f"/ws/jobs/{uuid.uuid4()}/", key)
+
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_job_socket_without_session_closes_4404() -> None:
+    job = await make_job(new_owner())
+    communicator = await connect(f"/ws/jobs/{job.id}/", None)
+
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4404}
+
+
+async def test_handshake_without_origin_is_refused(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = WebsocketCommunicator(application, f"/ws/jobs/{job.id}/", headers=headers(key, origin=None))
+
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+
+    assert connected is False
+
+
+async def test_handshake_from_foreign_origin_is_refused(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/jobs/{job.id}/", headers=headers(key, origin=b"http://evil.example")
+    )
+
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+
+    assert connected is False
+
+
+# --- owner socket ------------------------------------------------------------------
+
+
+async def test_owner_socket_snapshot_holds_only_my_jobs_newest_first(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    mine = [await make_job(owner, state=state) for state in (JobState.SUCCEEDED, JobState.QUEUED, JobState.RUNNING)]
+    await make_job(new_owner())
+    communicator = await connect("/ws/jobs/", key)
+
+    frame = await receive(communicator)
+
+    assert frame["type"] == "snapshot"
+    assert [job["id"] for job in frame["jobs"]] == [str(job.id) for job in reversed(mine)]
+    assert all(set(job) == JOB_KEYS for job in frame["jobs"])
+    await communicator.disconnect()
+
+
+async def test_owner_socket_without_session_gets_an_empty_snapshot() -> None:
+    await make_job(new_owner())
+    communicator = await connect("/ws/jobs/", None)
+
+    assert await receive(communicator) == {"type": "snapshot", "jobs": []}
+    await communicator.disconnect()
+
+
+async def test_owner_stream_receives_job_created_after_connect(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    communicator = await connect("/ws/jobs/", key)
+    assert (await receive(communicator))["jobs"] == []
+
+    job = await database_sync_to_async(job_create)(owner=owner, kind="sleep", params={"steps": 1, "step_seconds": 0})
+
+    frame = await receive(communicator)
+    assert frame["type"] == "job"
+    assert frame["job"]["id"] == str(job.id)
+    assert frame["job"]["seq"] >= 1
+    await communicator.disconnect()
+
+
+async def test_owner_stream_does_not_receive_another_owners_job(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    communicator = await connect("/ws/jobs/", key)
+    await receive(communicator)
+    other = await make_job(new_owner(), state=JobState.RUNNING)
+    mine = await make_job(owner, state=JobState.RUNNING)
+
+    await database_sync_to_async(job_report_progress)(job_id=other.id, update=progress(1))
+    await database_sync_to_async(job_report_progress)(job_id=mine.id, update=progress(1))
+
+    assert (await receive(communicator))["job"]["id"] == str(mine.id)
+    await communicator.disconnect()
+
+
+# --- client frames -----------------------------------------------------------------
+
+
+async def test_malformed_json_gets_error_frame_and_socket_stays_open(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner, state=JobState.RUNNING)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    await communicator.send_to(text_data="{not json")
+    error = await receive(communicator)
+    await database_sync_to_async(job_report_progress)(job_id=job.id, update=progress(4))
+
+    assert error["type"] == "error"
+    assert "JSON" in error["error"]
+    later = await receive(communicator)
+    assert later["type"] == "job"
+    assert later["job"]["progress"]["current"] == 4
+    await communicator.disconnect()
+
+
+async def test_unknown_frame_type_gets_error_frame(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    await communicator.send_json_to({"type": "subscribe"})
+
+    frame = await receive(communicator)
+    assert frame["type"] == "error"
+    assert "subscribe" in frame["error"]
+    await communicator.disconnect()
+
+
+async def test_binary_frame_gets_error_frame(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    await communicator.send_to(bytes_data=b"\x00\x01")
+
+    frame = await receive(communicator)
+    assert frame["type"] == "error"
+    assert "Binary" in frame["error"]
+    await communicator.disconnect()
+
+
+async def test_frame_over_4_kib_closes_1009(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    await communicator.send_to(text_data=json.dumps({"type": "cancel", "pad": "x" * 4096}))
+
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 1009}
+    assert CLOSE_TOO_BIG == 1009
+
+
+async def test_frame_of_exactly_4_kib_is_not_closed(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    await communicator.send_to(text_data="x" * 4096)
+
+    assert (await receive(communicator))["type"] == "error"
+    await communicator.disconnect()
+
+
+async def test_flood_of_client_frames_closes_4429(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    for _ in range(100):
+        await communicator.send_to(text_data='{"type": "ping"}')
+
+    assert await close_code(communicator) == CLOSE_FLOOD == 4429
+
+
+async def test_cancel_frame_on_queued_job_is_followed_by_cancelled_frame(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    first = await receive(communicator)
+
+    await communicator.send_json_to({"type": "cancel"})
+
+    frame = await receive(communicator)
+    assert frame["type"] == "job"
+    assert frame["job"]["state"] == "cancelled"
+    assert frame["job"]["seq"] > first["job"]["seq"]
+    assert await close_code(communicator) == CLOSE_NORMAL
+
+
+async def test_owner_socket_cancel_with_id_cancels_that_job(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner)
+    communicator = await connect("/ws/jobs/", key)
+    await receive(communicator)
+
+    await communicator.send_json_to({"type": "cancel", "id": str(job.id)})
+
+    frame = await receive(communicator)
+    assert frame["job"]["id"] == str(job.id)
+    assert frame["job"]["state"] == "cancelled"
+    await communicator.disconnect()
+
+
+async def test_owner_socket_cancel_of_finished_job_gets_error_frame(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner, state=JobState.SUCCEEDED, seq=4)
+    communicator = await connect("/ws/jobs/", key)
+    await receive(communicator)
+
+    await communicator.send_json_to({"type": "cancel", "id": str(job.id)})
+
+    frame = await receive(communicator)
+    assert frame["type"] == "error"
+    assert "succeeded" in frame["error"]
+    await communicator.disconnect()
+
+
+async def test_owner_socket_cancel_of_another_owners_job_gets_error_frame(owner_session: tuple[Owner, str]) -> None:
+    _, key = owner_session
+    job = await make_job(new_owner())
+    communicator = await connect("/ws/jobs/", key)
+    await receive(communicator)
+
+    await communicator.send_json_to({"type": "cancel", "id": str(job.id)})
+
+    assert (await receive(communicator))["type"] == "error"
+    assert (await database_sync_to_async(Job.objects.get)(pk=job.id)).state == JobState.QUEUED
+    await communicator.disconnect()
+
+
+async def test_owner_socket_cancel_without_id_gets_error_frame(owner_session: tuple[Owner, str]) -> None:
+    _, key = owner_session
+    communicator = await connect("/ws/jobs/", key)
+    await receive(communicator)
+
+    await communicator.send_json_to({"type": "cancel"})
+
+    frame = await receive(communicator)
+    assert frame["type"] == "error"
+    assert "id" in frame["error"]
+    await communicator.disconnect()
+
+
+# --- idle sockets ------------------------------------------------------------------
+
+
+async def test_socket_idle_for_12_seconds_still_receives_the_next_frame(owner_session: tuple[Owner, str]) -> None:
+    owner, key = owner_session
+    job = await make_job(owner, state=JobState.RUNNING)
+    communicator = await connect(f"/ws/jobs/{job.id}/", key)
+    await receive(communicator)
+
+    # The idleness itself is under test: a pub/sub connection quiet for longer than a
+    # socket timeout (redis-py's, or the server's) must still deliver the next frame.
+    await asyncio.sleep(12)
+    await database_sync_to_async(job_report_progress)(job_id=job.id, update=progress(5))
+
+    frame = await receive(communicator)
+    assert frame["job"]["progress"]["current"] == 5
+    await communicator.disconnect()

@@ -1,0 +1,132 @@
+"""The Publisher (notifications.publish): the one sync → async crossing, over the real Redis layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from jobs.models import Job, JobState
+from notifications.groups import job_group, owner_group
+from notifications.publish import publish_job_change, publisher
+from tests.waiting import wait_until
+
+RECEIVE_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
+
+
+def unsaved_job(*, seq: int, token: str = "p" * 32, job_id: uuid.UUID | None = None) -> Job:
+    """A Job instance as the services hand it over; publishing needs no row."""
+    now = datetime.now(UTC)
+    return Job(
+        id=job_id or uuid.uuid4(),
+        owner_token=token,
+        kind="sleep",
+        params={"steps": 1, "step_seconds": 0},
+        state=JobState.RUNNING,
+        seq=seq,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def subscribe(group: str) -> tuple[Any, str]:
+    layer = get_channel_layer()
+    assert layer is not None
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    return layer, channel
+
+
+async def test_publish_job_change_reaches_job_group_member() -> None:
+    job = unsaved_job(seq=7)
+    layer, channel = await subscribe(job_group(job.id))
+
+    publish_job_change(job)
+    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+
+    assert message["type"] == "job.frame"
+    assert message["job_id"] == str(job.id)
+    assert message["seq"] == 7
+    assert message["terminal"] is False
+    frame = json.loads(message["text"])
+    assert frame["type"] == "job"
+    assert frame["job"]["id"] == str(job.id)
+    assert frame["job"]["seq"] == 7
+
+
+async def test_publish_job_change_reaches_owner_group_member() -> None:
+    job = unsaved_job(seq=3, token="o" * 32)
+    layer, channel = await subscribe(owner_group(job.owner_key))
+
+    publish_job_change(job)
+    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+
+    assert message["job_id"] == str(job.id)
+    assert message["seq"] == 3
+
+
+async def test_terminal_job_change_is_marked_terminal() -> None:
+    job = unsaved_job(seq=9)
+    job.state = JobState.SUCCEEDED
+    layer, channel = await subscribe(job_group(job.id))
+
+    publish_job_change(job)
+    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+
+    assert message["terminal"] is True
+
+
+async def test_frames_from_one_process_arrive_in_seq_order() -> None:
+    job_id = uuid.uuid4()
+    layer, channel = await subscribe(job_group(job_id))
+
+    for seq in range(1, 51):
+        publish_job_change(unsaved_job(seq=seq, job_id=job_id))
+    received = [(await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT))["seq"] for _ in range(50)]
+
+    assert received == list(range(1, 51))
+
+
+def test_send_cancel_reaches_the_cancel_watcher() -> None:
+    job_id = str(uuid.uuid4())
+    heard = threading.Event()
+    publisher.watch_cancel(job_id, heard.set)
+    try:
+        publisher.send_cancel(job_id)
+        assert heard.wait(timeout=RECEIVE_TIMEOUT), "the watcher never heard the cancel"
+    finally:
+        publisher.unwatch_cancel(job_id)
+
+
+def test_send_cancel_does_not_call_another_jobs_watcher() -> None:
+    watched, other = str(uuid.uuid4()), str(uuid.uuid4())
+    calls: list[str] = []
+    heard_other = threading.Event()
+    publisher.watch_cancel(watched, lambda: calls.append(watched))
+    publisher.watch_cancel(other, heard_other.set)
+    try:
+        publisher.send_cancel(other)
+        assert heard_other.wait(timeout=RECEIVE_TIMEOUT)
+        assert calls == []
+    finally:
+        publisher.unwatch_cancel(watched)
+        publisher.unwatch_cancel(other)
+
+
+def test_flush_returns_true_once_everything_handed_over_was_sent() -> None:
+    for seq in range(1, 21):
+        publish_job_change(unsaved_job(seq=seq))
+
+    assert publisher.flush(timeout=RECEIVE_TIMEOUT) is True
+
+
+def test_flush_with_nothing_pending_returns_true_at_once() -> None:
+    publisher.flush(timeout=RECEIVE_TIMEOUT)
+    assert wait_until(lambda: not publisher._pending, timeout=RECEIVE_TIMEOUT)
+
+    assert publisher.flush(timeout=0) is True
