@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
-from ninja import Field, NinjaAPI, Query, Schema
+from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.security import APIKeyCookie
 
@@ -181,36 +181,40 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
         }
     },
 )
-def create_job(request: HttpRequest, response: HttpResponse) -> tuple[int, dict[str, Any]]:
+def create_job(request: HttpRequest, response: HttpResponse) -> Status[dict[str, Any]]:
     if request.content_type != "application/json":
-        return 415, errors_body("content_type", f"Send application/json, not {request.content_type or 'nothing'}.")
+        return Status(
+            415, errors_body("content_type", f"Send application/json, not {request.content_type or 'nothing'}.")
+        )
     try:
         raw = request.body
     except RequestDataTooBig:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024
-        return 413, errors_body("body", f"The body is larger than {limit} KiB.")
+        return Status(413, errors_body("body", f"The body is larger than {limit} KiB."))
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        return 400, errors_body("body", f"Malformed JSON: {exc}.")
+        return Status(400, errors_body("body", f"Malformed JSON: {exc}."))
+    except RecursionError:  # "[[[[…" nested deeper than the parser's stack, well within 64 KiB
+        return Status(400, errors_body("body", "Malformed JSON: nested too deeply."))
     if not isinstance(body, dict):
-        return 400, errors_body("body", 'Must be a JSON object like {"kind": "...", "params": {...}}.')
+        return Status(400, errors_body("body", 'Must be a JSON object like {"kind": "...", "params": {...}}.'))
     errors: dict[str, list[str]] = {
         str(key): ["Unknown field; send only kind and params."] for key in body if key not in ("kind", "params")
     }
     if "kind" not in body:
         errors["kind"] = ["This field is required."]
     if errors:
-        return 400, {"errors": errors}
+        return Status(400, {"errors": errors})
     owner = _owner(request)
     try:
         job = job_create(owner=owner, kind=body["kind"], params=body.get("params", {}))
     except UnknownKind as exc:
-        return 400, errors_body("kind", str(exc))
+        return Status(400, errors_body("kind", str(exc)))
     except ParamsInvalid as exc:
-        return 400, {"errors": exc.errors}
+        return Status(400, {"errors": exc.errors})
     response["Location"] = f"/api/jobs/{job.id}/"
-    return 201, _job_out(job, owner)
+    return Status(201, _job_out(job, owner))
 
 
 def _reject_constant(name: str) -> None:
@@ -218,25 +222,28 @@ def _reject_constant(name: str) -> None:
 
 
 @api.get("/jobs/", response={200: JobPageOut, 400: ErrorsOut}, summary="My jobs, newest first")
-def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> tuple[int, dict[str, Any]]:
+def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> Status[dict[str, Any]]:
     owner = _owner(request)
     jobs = job_list_visible(owner=owner)
     count = jobs.count()
     pages = max(1, -(-count // query.page_size))
     if query.page > pages:
-        return 400, errors_body("page", f"Page {query.page} does not exist; there are {pages}.")
+        return Status(400, errors_body("page", f"Page {query.page} does not exist; there are {pages}."))
     start = (query.page - 1) * query.page_size
     results = [_job_out(job, owner) for job in jobs[start : start + query.page_size]]
 
     def link(page: int) -> str:
         return request.build_absolute_uri(f"{request.path}?page={page}&page_size={query.page_size}")
 
-    return 200, {
-        "count": count,
-        "next": link(query.page + 1) if query.page < pages else None,
-        "previous": link(query.page - 1) if query.page > 1 else None,
-        "results": results,
-    }
+    return Status(
+        200,
+        {
+            "count": count,
+            "next": link(query.page + 1) if query.page < pages else None,
+            "previous": link(query.page - 1) if query.page > 1 else None,
+            "results": results,
+        },
+    )
 
 
 @api.get("/jobs/{job_id}/", response={200: JobOut, 404: ErrorsOut}, summary="One job")
@@ -250,13 +257,13 @@ def get_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
     response={202: JobOut, 404: ErrorsOut, 409: ErrorsOut},
     summary="Ask a job to stop",
 )
-def cancel_job(request: HttpRequest, job_id: str) -> tuple[int, dict[str, Any]]:
+def cancel_job(request: HttpRequest, job_id: str) -> Status[dict[str, Any]]:
     owner = _owner(request)
     try:
         job = job_cancel(owner=owner, job_id=job_id)
     except JobAlreadyFinished as exc:
-        return 409, errors_body("state", str(exc))
-    return 202, _job_out(job, owner)
+        return Status(409, errors_body("state", str(exc)))
+    return Status(202, _job_out(job, owner))
 
 
 @api.get(
@@ -268,9 +275,9 @@ def cancel_job(request: HttpRequest, job_id: str) -> tuple[int, dict[str, Any]]:
 def get_job_result(request: HttpRequest, job_id: str) -> Any:
     job = _visible_job_or_404(_owner(request), job_id)
     if not job.result_file:
-        return 404, errors_body("result", "This job has no result file.")
+        return Status(404, errors_body("result", "This job has no result file."))
     media_root = Path(settings.MEDIA_ROOT).resolve()
     path = (media_root / job.result_file.name).resolve()
     if media_root not in path.parents or not path.is_file():
-        return 404, errors_body("result", "The result file is gone.")
+        return Status(404, errors_body("result", "The result file is gone."))
     return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)

@@ -89,7 +89,7 @@ class Param:
                 raise ValueError("Must be a whole number.")
             value = int(value)
         if not self.minimum <= value <= self.maximum:
-            raise ValueError(f"Must be between {self.minimum:g} and {self.maximum:g}.")
+            raise ValueError(f"Must be between {_number_text(self.minimum)} and {_number_text(self.maximum)}.")
         return value
 
     def _parse_text(self, text: str) -> float | int:
@@ -110,8 +110,8 @@ class Param:
 
         attrs = {
             "type": "number",
-            "min": f"{self.minimum:g}",
-            "max": f"{self.maximum:g}",
+            "min": _number_text(self.minimum),
+            "max": _number_text(self.maximum),
             "step": "1" if self.integer else "any",
         }
         return ParamField(
@@ -121,6 +121,11 @@ class Param:
             help_text=self.help,
             widget=forms.NumberInput(attrs=attrs),
         )
+
+
+def _number_text(value: float) -> str:
+    """A bound as people and HTML read it: `50000000`, not `:g`'s `5e+07`."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # --- Kinds -----------------------------------------------------------------------

@@ -1,0 +1,647 @@
+"""The JSON API of DESIGN.md through Django's test client: validation, CSRF, ownership,
+pagination, the kinds and OpenAPI documents, cancel, and real jobs under a real worker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from jobs.kinds import kind_list
+from jobs.models import Job
+from tests.waiting import wait_until
+
+Response = Any  # what the test client answers: an HttpResponse with .json() and more
+
+JOB_KEYS = {
+    "id",
+    "kind",
+    "params",
+    "state",
+    "seq",
+    "progress",
+    "result",
+    "result_url",
+    "error",
+    "queue_position",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "url",
+}
+QUICK_JOB = {"kind": "sleep", "params": {"steps": 1, "step_seconds": 0}}  # a worker finishes it at once
+
+
+def post_raw(client: Client, raw: str | bytes, content_type: str) -> Response:
+    # CONTENT_TYPE given twice: the test client drops the header of an empty body.
+    response: Response = client.post("/api/jobs/", data=raw, content_type=content_type, CONTENT_TYPE=content_type)
+    return response
+
+
+def post_json(client: Client, body: object, **extra: Any) -> Response:
+    return client.post("/api/jobs/", data=json.dumps(body), content_type="application/json", **extra)
+
+
+def create(client: Client, body: object = QUICK_JOB) -> dict[str, Any]:
+    response = post_json(client, body)
+    assert response.status_code == 201, response.content
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def errors_of(response: Response) -> dict[str, list[str]]:
+    body = response.json()
+    assert set(body) == {"errors"}, body
+    errors: dict[str, list[str]] = body["errors"]
+    return errors
+
+
+def names(errors: dict[str, list[str]], field: str) -> bool:
+    """The field is a key of `errors`, or a message mentions it."""
+    return field in errors or any(field in message for messages in errors.values() for message in messages)
+
+
+def user_client(username: str, *, staff: bool = False) -> Client:
+    user = User.objects.create_user(username=username, password="pw-for-tests-only", is_staff=staff)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+# --- bad input -------------------------------------------------------------------
+
+JSON = "application/json"
+
+
+def with_param(kind: str, name: str, value: object) -> str:
+    return json.dumps({"kind": kind, "params": {name: value}})
+
+
+OVERSIZED = json.dumps({"kind": "sleep", "params": {}, "padding": "x" * (64 * 1024)})
+
+# (id, raw body, content type, expected status, field the errors must name)
+BAD_INPUTS: list[tuple[str, str | bytes, str, int, str]] = [
+    ("unknown-kind", json.dumps({"kind": "nope", "params": {}}), JSON, 400, "kind"),
+    ("kind-missing", json.dumps({"params": {"limit": 10}}), JSON, 400, "kind"),
+    ("kind-number", json.dumps({"kind": 5}), JSON, 400, "kind"),
+    ("kind-null", json.dumps({"kind": None}), JSON, 400, "kind"),
+    ("kind-list", json.dumps({"kind": ["primes"]}), JSON, 400, "kind"),
+    ("params-list", json.dumps({"kind": "primes", "params": [1]}), JSON, 400, "params"),
+    ("params-string", json.dumps({"kind": "primes", "params": "limit=5"}), JSON, 400, "params"),
+    ("params-number", json.dumps({"kind": "primes", "params": 5}), JSON, 400, "params"),
+    ("params-null", json.dumps({"kind": "primes", "params": None}), JSON, 400, "params"),
+    ("unknown-parameter", with_param("primes", "colour", 1), JSON, 400, "colour"),
+    ("extra-top-level-field", json.dumps({"kind": "primes", "priority": 9}), JSON, 400, "priority"),
+    ("steps-0", with_param("sleep", "steps", 0), JSON, 400, "steps"),
+    ("steps-1001", with_param("sleep", "steps", 1001), JSON, 400, "steps"),
+    ("steps-string", with_param("sleep", "steps", "5"), JSON, 400, "steps"),
+    ("steps-true", with_param("sleep", "steps", True), JSON, 400, "steps"),
+    ("steps-fraction", with_param("sleep", "steps", 2.5), JSON, 400, "steps"),
+    ("steps-object", json.dumps({"kind": "sleep", "params": {"steps": {}}}), JSON, 400, "steps"),
+    ("steps-1e400", '{"kind": "sleep", "params": {"steps": 1e400}}', JSON, 400, "steps"),
+    ("step_seconds-negative", with_param("sleep", "step_seconds", -1), JSON, 400, "step_seconds"),
+    ("step_seconds-5.01", with_param("sleep", "step_seconds", 5.01), JSON, 400, "step_seconds"),
+    ("fail_at_step-0", with_param("sleep", "fail_at_step", 0), JSON, 400, "fail_at_step"),
+    ("limit-1", with_param("primes", "limit", 1), JSON, 400, "limit"),
+    ("limit-50000001", with_param("primes", "limit", 50_000_001), JSON, 400, "limit"),
+    ("limit-10e30", with_param("primes", "limit", 10**30), JSON, 400, "limit"),
+    ("rows-0", with_param("report", "rows", 0), JSON, 400, "rows"),
+    ("rows-1000001", with_param("report", "rows", 1_000_001), JSON, 400, "rows"),
+    ("nan-literal", '{"kind": "primes", "params": {"limit": NaN}}', JSON, 400, "body"),
+    ("infinity-literal", '{"kind": "primes", "params": {"limit": Infinity}}', JSON, 400, "body"),
+    ("minus-infinity-literal", '{"kind": "primes", "params": {"limit": -Infinity}}', JSON, 400, "body"),
+    ("malformed-json", '{"kind": "primes", ', JSON, 400, "body"),
+    ("invalid-utf8", b'{"kind": "\xff\xfe\xfd"}', JSON, 400, "body"),
+    ("integer-over-4300-digits", '{"kind": "primes", "params": {"limit": ' + "9" * 5000 + "}}", JSON, 400, "body"),
+    ("nested-too-deeply", "[" * 60_000, JSON, 400, "body"),
+    ("empty-body", "", JSON, 400, "body"),
+    ("array-body", json.dumps([{"kind": "primes"}]), JSON, 400, "body"),
+    ("string-body", json.dumps("primes"), JSON, 400, "body"),
+    ("null-body", "null", JSON, 400, "body"),
+    ("text-plain", json.dumps({"kind": "primes"}), "text/plain", 415, "content_type"),
+    ("form-encoded", "kind=primes&limit=10", "application/x-www-form-urlencoded", 415, "content_type"),
+    ("no-content-type", json.dumps({"kind": "primes"}), "", 415, "content_type"),
+    ("body-over-64-KiB", OVERSIZED, JSON, 413, "body"),
+]  # fmt: skip
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "field"), [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS]
+)
+def test_create_job_with_bad_input_answers_error_naming_the_field(
+    client: Client, raw: str | bytes, content_type: str, status: int, field: str
+) -> None:
+    response = post_raw(client, raw, content_type)
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    errors = errors_of(response)
+    assert names(errors, field), errors
+    assert not Job.objects.exists()  # bad input never reaches the database, nor a worker
+
+
+@pytest.mark.django_db
+def test_create_job_still_serves_after_every_bad_input(client: Client) -> None:
+    for _, raw, content_type, status, _ in BAD_INPUTS:
+        assert post_raw(client, raw, content_type).status_code == status
+    assert post_json(client, {"kind": "primes", "params": {"limit": 10}}).status_code == 201
+
+
+@pytest.mark.django_db
+def test_create_job_with_unknown_kind_answers_400_listing_the_kinds(client: Client) -> None:
+    errors = errors_of(post_json(client, {"kind": "nope"}))
+    assert errors["kind"] == ["Unknown kind 'nope'; choose one of: primes, report, sleep."]
+
+
+@pytest.mark.django_db
+def test_create_job_out_of_range_message_writes_the_bounds_in_plain_digits(client: Client) -> None:
+    errors = errors_of(post_json(client, {"kind": "primes", "params": {"limit": 1}}))
+    assert errors == {"limit": ["Must be between 2 and 50000000."]}  # as README.md shows it
+
+
+@pytest.mark.django_db
+def test_create_job_reports_every_bad_parameter_at_once(client: Client) -> None:
+    errors = errors_of(post_json(client, {"kind": "sleep", "params": {"steps": 0, "step_seconds": 9, "x": 1}}))
+    assert set(errors) == {"steps", "step_seconds", "x"}
+
+
+# --- a created job ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_create_job_answers_201_with_location_and_the_queued_job(client: Client) -> None:
+    response = post_json(client, {"kind": "primes", "params": {"limit": 1000}})
+    assert response.status_code == 201
+    job = response.json()
+    assert set(job) - {"error_detail"} == JOB_KEYS
+    assert job.get("error_detail") is None
+    assert response["Location"] == f"/api/jobs/{job['id']}/"
+    assert uuid.UUID(job["id"])
+    assert job["kind"] == "primes"
+    assert job["state"] == "queued"
+    assert job["seq"] == 1
+    assert job["queue_position"] >= 1
+    assert job["progress"] is None
+    assert job["result"] is None and job["result_url"] is None and job["error"] is None
+    assert job["started_at"] is None and job["finished_at"] is None
+    assert job["created_at"].endswith("Z") and job["updated_at"].endswith("Z")
+    assert job["url"] == f"/jobs/{job['id']}/"
+
+
+@pytest.mark.django_db
+def test_create_job_fills_in_parameter_defaults(client: Client) -> None:
+    assert create(client, {"kind": "sleep"})["params"] == {"steps": 10, "step_seconds": 0.5}
+    assert create(client, {"kind": "sleep", "params": {"fail_at_step": 3}})["params"] == {
+        "steps": 10,
+        "step_seconds": 0.5,
+        "fail_at_step": 3,
+    }
+    assert create(client, {"kind": "primes", "params": {}})["params"] == {"limit": 5_000_000}
+    assert create(client, {"kind": "report"})["params"] == {"rows": 100_000}
+
+
+@pytest.mark.django_db
+def test_create_job_accepts_a_whole_float_as_an_integer(client: Client) -> None:
+    assert create(client, {"kind": "primes", "params": {"limit": 1000.0}})["params"] == {"limit": 1000}
+
+
+@pytest.mark.django_db
+def test_queue_position_counts_the_queued_jobs_ahead(client: Client) -> None:
+    first = create(client)
+    second = create(client)
+    assert second["queue_position"] == first["queue_position"] + 1
+
+
+# --- CSRF ------------------------------------------------------------------------
+
+
+def csrf_client(user: User | None = None) -> tuple[Client, str]:
+    """A client that enforces CSRF, with the csrftoken cookie an API GET hands out."""
+    client = Client(enforce_csrf_checks=True)
+    if user is not None:
+        client.force_login(user)
+    assert client.get("/api/job-kinds/").status_code == 200
+    return client, client.cookies["csrftoken"].value
+
+
+@pytest.mark.django_db
+def test_anonymous_post_without_csrf_header_answers_403_naming_csrf() -> None:
+    client, _ = csrf_client()
+    response = post_json(client, QUICK_JOB)
+    assert response.status_code == 403
+    assert "csrf" in errors_of(response)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_anonymous_post_with_csrf_cookie_and_header_answers_201() -> None:
+    client, token = csrf_client()
+    assert post_json(client, QUICK_JOB, HTTP_X_CSRFTOKEN=token).status_code == 201
+
+
+@pytest.mark.django_db
+def test_anonymous_post_with_wrong_csrf_header_answers_403() -> None:
+    client, _ = csrf_client()
+    response = post_json(client, QUICK_JOB, HTTP_X_CSRFTOKEN="x" * 32)
+    assert response.status_code == 403
+    assert "csrf" in errors_of(response)
+
+
+@pytest.mark.django_db
+def test_signed_in_post_without_csrf_header_answers_403_naming_csrf() -> None:
+    client, _ = csrf_client(User.objects.create_user("ada", password="pw-for-tests-only"))
+    response = post_json(client, QUICK_JOB)
+    assert response.status_code == 403
+    assert "csrf" in errors_of(response)
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_signed_in_post_with_csrf_cookie_and_header_answers_201() -> None:
+    client, token = csrf_client(User.objects.create_user("ada", password="pw-for-tests-only"))
+    assert post_json(client, QUICK_JOB, HTTP_X_CSRFTOKEN=token).status_code == 201
+
+
+@pytest.mark.django_db
+def test_cancel_without_csrf_header_answers_403_and_leaves_the_job_queued() -> None:
+    client, token = csrf_client()
+    job = post_json(client, QUICK_JOB, HTTP_X_CSRFTOKEN=token).json()
+    response = client.post(f"/api/jobs/{job['id']}/cancel/")
+    assert response.status_code == 403
+    assert "csrf" in errors_of(response)
+    assert Job.objects.get(pk=job["id"]).state == "queued"
+
+
+# --- ownership -------------------------------------------------------------------
+# Transactional: the SSE view reads through database_sync_to_async, which closes a
+# connection held inside a test transaction.
+
+OWNER_PATHS: list[tuple[str, str]] = [
+    ("get", "/api/jobs/{id}/"),
+    ("post", "/api/jobs/{id}/cancel/"),
+    ("get", "/api/jobs/{id}/result/"),
+    ("get", "/api/jobs/{id}/events/"),
+    ("get", "/jobs/{id}/"),
+]
+
+
+def request(client: Client, method: str, path: str) -> Response:
+    response: Response = getattr(client, method)(path)
+    return response
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "path"), OWNER_PATHS)
+def test_another_anonymous_visitors_job_is_404_everywhere(method: str, path: str) -> None:
+    mine, theirs = Client(), Client()
+    job = create(theirs)
+    response = request(mine, method, path.format(id=job["id"]))
+    assert response.status_code == 404
+    if path.startswith("/api/"):
+        assert "id" in errors_of(response)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "path"), OWNER_PATHS)
+def test_another_users_job_is_404_everywhere(method: str, path: str) -> None:
+    mine, theirs = user_client("ada"), user_client("bob")
+    job = create(theirs)
+    response = request(mine, method, path.format(id=job["id"]))
+    assert response.status_code == 404
+    if path.startswith("/api/"):
+        assert "id" in errors_of(response)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_anonymous_job_is_404_for_a_signed_in_user() -> None:
+    job = create(Client())
+    assert user_client("ada").get(f"/api/jobs/{job['id']}/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/jobs/{id}/"])
+def test_owner_sees_their_own_job(path: str) -> None:
+    client = Client()
+    job = create(client)
+    assert client.get(path.format(id=job["id"])).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_owner_receives_the_event_stream_of_their_own_job() -> None:
+    client = Client()
+    job = create(client)
+    Job.objects.filter(pk=job["id"]).update(state="cancelled", seq=2)  # terminal: the stream ends
+    response = client.get(f"/api/jobs/{job['id']}/events/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+
+    async def read_stream() -> bytes:
+        return b"".join([chunk async for chunk in response.streaming_content])  # type: ignore[attr-defined]
+
+    body = async_to_sync(read_stream)().decode()
+    assert body.startswith("id: 2\nevent: job\ndata: ")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/jobs/{id}/"])
+def test_staff_see_any_job(path: str) -> None:
+    job = create(Client())
+    assert user_client("root", staff=True).get(path.format(id=job["id"])).status_code == 200
+
+
+@pytest.mark.django_db
+def test_staff_get_error_detail_and_owners_do_not() -> None:
+    owner = Client()
+    job = create(owner)
+    Job.objects.filter(pk=job["id"]).update(state="failed", error="It broke.", error_detail="Traceback: boom")
+    staff_view = user_client("root", staff=True).get(f"/api/jobs/{job['id']}/").json()
+    owner_view = owner.get(f"/api/jobs/{job['id']}/").json()
+    assert staff_view["error_detail"] == "Traceback: boom"
+    assert owner_view["error"] == "It broke."
+    assert owner_view.get("error_detail") is None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "path"), [p for p in OWNER_PATHS if p[1].startswith("/api/")])
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "12345", uuid.uuid4().hex + "00"])
+def test_malformed_job_id_in_api_path_answers_404_json(client: Client, method: str, path: str, bad_id: str) -> None:
+    response = request(client, method, path.format(id=bad_id))
+    assert response.status_code == 404
+    assert "id" in errors_of(response)
+
+
+@pytest.mark.django_db
+def test_malformed_job_id_on_the_page_answers_404(client: Client) -> None:
+    assert client.get("/jobs/not-a-uuid/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_unknown_job_id_answers_404_json(client: Client) -> None:
+    response = client.get(f"/api/jobs/{uuid.uuid4()}/")
+    assert response.status_code == 404
+    assert "id" in errors_of(response)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/api/nothing-here/", "/api/jobs/x/y/z/", "/api/jobs"])
+def test_unknown_api_path_answers_404_json(client: Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "path" in errors_of(response)
+
+
+# --- the list --------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_list_answers_my_jobs_newest_first(client: Client) -> None:
+    ids = [create(client)["id"] for _ in range(3)]
+    create(Client())  # someone else's
+    body = client.get("/api/jobs/").json()
+    assert body["count"] == 3
+    assert [job["id"] for job in body["results"]] == ids[::-1]
+    assert body["next"] is None and body["previous"] is None
+
+
+@pytest.mark.django_db
+def test_list_of_a_new_visitor_is_empty(client: Client) -> None:
+    assert client.get("/api/jobs/").json() == {"count": 0, "next": None, "previous": None, "results": []}
+
+
+@pytest.mark.django_db
+def test_list_pages_link_to_each_other(client: Client) -> None:
+    ids = [create(client)["id"] for _ in range(5)][::-1]
+    first = client.get("/api/jobs/?page_size=2").json()
+    assert [job["id"] for job in first["results"]] == ids[0:2]
+    assert first["count"] == 5 and first["previous"] is None
+    second = client.get(first["next"]).json()
+    assert [job["id"] for job in second["results"]] == ids[2:4]
+    assert client.get(second["previous"]).json() == first
+    last = client.get(second["next"]).json()
+    assert [job["id"] for job in last["results"]] == ids[4:]
+    assert last["next"] is None
+
+
+@pytest.mark.django_db
+def test_list_page_size_defaults_to_20(client: Client) -> None:
+    now = timezone.now()
+    owner = User.objects.create_user("ada", password="pw-for-tests-only")
+    Job.objects.bulk_create(
+        Job(owner_user=owner, kind="primes", params={"limit": 10}, created_at=now, updated_at=now) for _ in range(21)
+    )
+    client.force_login(owner)
+    body = client.get("/api/jobs/").json()
+    assert body["count"] == 21 and len(body["results"]) == 20 and body["next"] is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("page_size=0", "page_size"),
+        ("page_size=101", "page_size"),
+        ("page_size=abc", "page_size"),
+        ("page_size=", "page_size"),
+        ("page=0", "page"),
+        ("page=-1", "page"),
+        ("page=abc", "page"),
+        ("page=2", "page"),  # beyond the end of an empty list
+        ("page=1.5", "page"),
+    ],
+)
+def test_list_with_bad_paging_answers_400_naming_the_parameter(client: Client, query: str, field: str) -> None:
+    response = client.get(f"/api/jobs/?{query}")
+    assert response.status_code == 400
+    assert field in errors_of(response)
+
+
+@pytest.mark.django_db
+def test_list_page_beyond_the_end_answers_400(client: Client) -> None:
+    create(client)
+    assert client.get("/api/jobs/?page=1&page_size=1").status_code == 200
+    response = client.get("/api/jobs/?page=2&page_size=1")
+    assert response.status_code == 400
+    assert "page" in errors_of(response)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("page_size", [1, 100])
+def test_list_accepts_page_size_bounds(client: Client, page_size: int) -> None:
+    assert client.get(f"/api/jobs/?page_size={page_size}").status_code == 200
+
+
+# --- kinds and OpenAPI -----------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_job_kinds_lists_sleep_primes_report_with_object_schemas(client: Client) -> None:
+    kinds = client.get("/api/job-kinds/").json()
+    assert sorted(kind["name"] for kind in kinds) == ["primes", "report", "sleep"]
+    for kind in kinds:
+        assert set(kind) == {"name", "title", "description", "schema"}
+        assert kind["title"] and kind["description"]
+        schema = kind["schema"]
+        assert schema["type"] == "object"
+        assert schema["additionalProperties"] is False
+        assert schema["properties"]
+
+
+def schema_bounds() -> list[tuple[str, str, float, float, bool]]:
+    """(kind, parameter, minimum, maximum, integer) from the one declaration of each kind."""
+    return [
+        (kind.name, name, prop["minimum"], prop["maximum"], "integer" in prop["type"])
+        for kind in kind_list()
+        for name, prop in kind.schema()["properties"].items()
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("kind", "param", "minimum", "maximum", "integer"), schema_bounds())
+def test_served_schema_bounds_are_what_create_accepts(
+    client: Client, kind: str, param: str, minimum: float, maximum: float, integer: bool
+) -> None:
+    served = {k["name"]: k["schema"] for k in client.get("/api/job-kinds/").json()}[kind]["properties"][param]
+    assert (served["minimum"], served["maximum"]) == (minimum, maximum)
+    step = 1 if integer else 0.01
+
+    def status(value: float) -> int:
+        return post_json(client, {"kind": kind, "params": {param: value}}).status_code
+
+    assert status(minimum) == 201
+    assert status(maximum) == 201
+    assert status(minimum - step) == 400
+    assert status(maximum + step) == 400
+
+
+@pytest.mark.django_db
+def test_openapi_document_lists_the_job_paths_and_schema(client: Client) -> None:
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    for path in (
+        "/api/jobs/",
+        "/api/jobs/{job_id}/",
+        "/api/jobs/{job_id}/cancel/",
+        "/api/jobs/{job_id}/result/",
+        "/api/job-kinds/",
+    ):
+        assert path in document["paths"], path
+    job_out = document["components"]["schemas"]["JobOut"]
+    assert set(job_out["properties"]) >= JOB_KEYS
+    assert "application/json" in document["paths"]["/api/jobs/"]["post"]["requestBody"]["content"]
+
+
+# --- cancel ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_cancel_of_a_queued_job_answers_202_cancelled(client: Client) -> None:
+    job = create(client)
+    response = client.post(f"/api/jobs/{job['id']}/cancel/")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["state"] == "cancelled"
+    assert body["seq"] > job["seq"]
+    assert body["queue_position"] is None
+    assert body["finished_at"] is not None
+    assert client.get(f"/api/jobs/{job['id']}/").json()["state"] == "cancelled"
+
+
+@pytest.mark.django_db
+def test_cancel_of_a_finished_job_answers_409_naming_state(client: Client) -> None:
+    job = create(client)
+    assert client.post(f"/api/jobs/{job['id']}/cancel/").status_code == 202
+    response = client.post(f"/api/jobs/{job['id']}/cancel/")
+    assert response.status_code == 409
+    assert "state" in errors_of(response)
+
+
+@pytest.mark.django_db
+def test_result_of_a_job_without_file_answers_404_naming_result(client: Client) -> None:
+    job = create(client)
+    response = client.get(f"/api/jobs/{job['id']}/result/")
+    assert response.status_code == 404
+    assert "result" in errors_of(response)
+
+
+# --- under a real worker ---------------------------------------------------------
+
+
+def wait_for_state(client: Client, job_id: str, state: str, *, timeout: float) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(client.get(f"/api/jobs/{job_id}/").json())
+        return seen["state"] == state
+
+    assert wait_until(reached, timeout=timeout), f"job {job_id} stayed {seen.get('state')}"
+    return seen
+
+
+def read_file(response: Any) -> bytes:
+    try:
+        return b"".join(response.streaming_content)
+    finally:
+        response.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_report_job_serves_its_csv_once_succeeded(worker: Any) -> None:
+    client = Client()
+    job = create(client, {"kind": "report", "params": {"rows": 2000}})
+    done = wait_for_state(client, job["id"], "succeeded", timeout=30)
+    assert done["result_url"] == f"/api/jobs/{job['id']}/result/"
+    assert done["progress"]["current"] == 2000 and done["progress"]["percent"] == 100.0
+    response = client.get(done["result_url"])
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv"
+    assert response["Content-Disposition"] == 'attachment; filename="sales-report.csv"'
+    lines = read_file(response).decode().splitlines()
+    assert len(lines) == 2001
+    assert lines[0] == "order_id,date,region,product,quantity,unit_price,total"
+    assert done["result"]["bytes"] == sum(len(line) + 2 for line in lines)  # csv writes \r\n
+
+
+@pytest.mark.django_db(transaction=True)
+def test_report_result_is_404_for_another_visitor(worker: Any) -> None:
+    client = Client()
+    job = create(client, {"kind": "report", "params": {"rows": 10}})
+    wait_for_state(client, job["id"], "succeeded", timeout=30)
+    response = Client().get(f"/api/jobs/{job['id']}/result/")
+    assert response.status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_primes_job_counts_78498_primes_below_a_million(worker: Any) -> None:
+    client = Client()
+    job = create(client, {"kind": "primes", "params": {"limit": 1_000_000}})
+    done = wait_for_state(client, job["id"], "succeeded", timeout=30)
+    assert done["result"] == {"count": 78498, "limit": 1_000_000}
+    assert done["result_url"] is None
+    assert done["seq"] >= 4  # created, started, progress, finished
+    assert done["started_at"] <= done["finished_at"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failed_job_shows_its_error_to_the_owner(worker: Any) -> None:
+    client = Client()
+    job = create(client, {"kind": "sleep", "params": {"steps": 3, "step_seconds": 0, "fail_at_step": 2}})
+    done = wait_for_state(client, job["id"], "failed", timeout=30)
+    assert done["error"] == "Failed at step 2, as asked by fail_at_step."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_of_a_succeeded_job_answers_409(worker: Any) -> None:
+    client = Client()
+    job = create(client)
+    wait_for_state(client, job["id"], "succeeded", timeout=30)
+    response = client.post(f"/api/jobs/{job['id']}/cancel/")
+    assert response.status_code == 409
+    assert errors_of(response)["state"] == ["The job already ended (succeeded)."]
