@@ -192,9 +192,13 @@ def live_server(live_server_env: dict[str, str], tmp_path_factory: pytest.TempPa
 # --- browser ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright (no browser download here)."""
+    """Debian's Chromium driven by Playwright (no browser download here).
+
+    Module-scoped: while sync Playwright runs, its event loop counts as running in
+    this thread, and the async tests of later modules could not start theirs.
+    """
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run must apt-get install chromium")
