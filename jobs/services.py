@@ -187,44 +187,29 @@ def job_run(*, job_id: uuid.UUID, task_id: str) -> Job | None:
     )
     publisher.watch_cancel(str(job.id), reporter.request_cancel)
     logger.info("%s: started", log_context)
+    outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
     try:
         if job.cancel_requested:
             raise JobCancelled()
         result = job_kind.run(reporter, **job.params) or {}
         json.dumps(result, allow_nan=False)  # a result must be plain JSON
+        outcome["result"] = result
+        if reporter.result_files:
+            outcome["result_file"] = reporter.result_files[0].relative_to(Path(settings.MEDIA_ROOT)).as_posix()
     except JobCancelled:
-        logger.info("%s: cancelled", log_context)
-        return job_finish(job_id=job.id, state=JobState.CANCELLED, progress=reporter.unsent())
+        outcome = {"state": JobState.CANCELLED}
     except JobError as exc:
-        logger.info("%s: failed: %s", log_context, exc)
-        return job_finish(job_id=job.id, state=JobState.FAILED, progress=reporter.unsent(), error=str(exc))
+        outcome = {"state": JobState.FAILED, "error": str(exc)}
     except SoftTimeLimitExceeded:
         message = f"The job ran longer than its limit of {job_kind.soft_time_limit} seconds."
-        logger.warning("%s: %s", log_context, message)
-        return job_finish(job_id=job.id, state=JobState.FAILED, progress=reporter.unsent(), error=message)
+        outcome = {"state": JobState.FAILED, "error": message}
     except Exception:
-        detail = traceback.format_exc()
         logger.exception("%s: crashed", log_context)
-        return job_finish(
-            job_id=job.id,
-            state=JobState.FAILED,
-            progress=reporter.unsent(),
-            error=INTERNAL_ERROR_MESSAGE,
-            error_detail=detail,
-        )
+        outcome = {"state": JobState.FAILED, "error": INTERNAL_ERROR_MESSAGE, "error_detail": traceback.format_exc()}
     finally:
         publisher.unwatch_cancel(str(job.id))
-    result_file = ""
-    if reporter.result_files:
-        result_file = reporter.result_files[0].relative_to(Path(settings.MEDIA_ROOT)).as_posix()
-    logger.info("%s: succeeded", log_context)
-    return job_finish(
-        job_id=job.id,
-        state=JobState.SUCCEEDED,
-        progress=reporter.unsent(),
-        result=result,
-        result_file=result_file,
-    )
+    logger.info("%s: %s %s", log_context, outcome["state"], outcome.get("error", ""))
+    return job_finish(job_id=job.id, progress=reporter.unsent(), **outcome)
 
 
 # --- cancel ----------------------------------------------------------------------

@@ -15,27 +15,11 @@ from django.utils import timezone
 
 from jobs.kinds import kind_list
 from jobs.models import Job
+from tests.contract import JOB_KEYS
 from tests.waiting import wait_until
 
 Response = Any  # what the test client answers: an HttpResponse with .json() and more
 
-JOB_KEYS = {
-    "id",
-    "kind",
-    "params",
-    "state",
-    "seq",
-    "progress",
-    "result",
-    "result_url",
-    "error",
-    "queue_position",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "url",
-}
 QUICK_JOB = {"kind": "sleep", "params": {"steps": 1, "step_seconds": 0}}  # a worker finishes it at once
 
 

@@ -29,28 +29,12 @@ from jobs.progress import ProgressUpdate
 from jobs.services import job_create, job_finish, job_report_progress, job_start
 from notifications.consumers import CLOSE_FLOOD, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
 from notifications.groups import job_group
+from tests.contract import JOB_KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 FRAME_TIMEOUT = 5.0  # seconds for one frame to cross the layer on this machine
 ORIGIN = b"http://127.0.0.1"
-JOB_KEYS = {
-    "id",
-    "kind",
-    "params",
-    "state",
-    "seq",
-    "progress",
-    "result",
-    "result_url",
-    "error",
-    "queue_position",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "url",
-}
 
 
 # --- helpers ---------------------------------------------------------------------
