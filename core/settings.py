@@ -147,16 +147,23 @@ USE_TZ = True
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def channel_layers_for(redis_url: str) -> dict[str, dict[str, object]]:
-    """The channel layer config for a Redis URL (the tests point it at their own Redis).
+CHANNEL_LAYER_BACKENDS = {
+    # The pub/sub layer publishes a group message once and every daphne process that has
+    # a member receives it once; the core layer's per-process list drops frames past its
+    # capacity of 100 (logged only at INFO), which a progress stream cannot afford.
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",  # stock, for the benchmarks' baseline
+}
+CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")
 
-    The pub/sub layer publishes a group message once and every daphne process that has
-    a member receives it once; the core layer's per-process list drops frames past its
-    capacity of 100 (logged only at INFO), which a progress stream cannot afford.
-    """
+
+def channel_layers_for(redis_url: str, backend: str = CHANNEL_LAYER) -> dict[str, dict[str, object]]:
+    """The channel layer config for a Redis URL (the tests point it at their own Redis)."""
+    if backend not in CHANNEL_LAYER_BACKENDS:
+        raise RuntimeError(f"CHANNEL_LAYER must be one of {', '.join(CHANNEL_LAYER_BACKENDS)}, not {backend!r}.")
     return {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": CHANNEL_LAYER_BACKENDS[backend],
             "CONFIG": {"hosts": [{"address": redis_url}]},
         }
     }
@@ -187,6 +194,11 @@ CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 4)
 # --- jobstream -------------------------------------------------------------------
 
 PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s per job
+# "loop": one long-lived event loop per process publishes (notifications/publish.py).
+# "naive": async_to_sync(group_send) per update, the usual pattern, kept as the
+# benchmarks' baseline.
+JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "loop")
+JOBSTREAM_BENCH_KINDS = env_bool("JOBSTREAM_BENCH_KINDS", False)  # registers the `ticker` kind
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20
 

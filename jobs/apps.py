@@ -8,4 +8,9 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from jobs import builtin_kinds, owners  # noqa: F401  (registers kinds and signals)
+
+        if settings.JOBSTREAM_BENCH_KINDS:
+            builtin_kinds.register_bench_kinds()

@@ -148,3 +148,35 @@ register(
         time_limit=960,
     )
 )
+
+# --- ticker (benchmarks only) ----------------------------------------------------
+
+
+def run_ticker(report: Reporter, *, reports: int, rate_hz: float) -> dict[str, Any]:
+    """Reports `reports` times at `rate_hz` on a fixed schedule (no drift): the load of
+    the streaming benchmarks. Each frame's `updated_at` is its send time."""
+    interval = 1.0 / rate_hz
+    started = time.monotonic()
+    for tick in range(1, reports + 1):
+        delay = started + tick * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        report(current=tick, total=reports, message=f"tick {tick}")
+    return {"reports": reports, "seconds": round(time.monotonic() - started, 3)}
+
+
+def register_bench_kinds() -> None:
+    register(
+        JobKind(
+            name="ticker",
+            title="Ticker (benchmark)",
+            description="Reports progress at a fixed rate; used by bench/.",
+            run=run_ticker,
+            params=(
+                Param("reports", "Reports", 1, 100_000, default=100),
+                Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
+            ),
+            soft_time_limit=3600,
+            time_limit=3660,
+        )
+    )

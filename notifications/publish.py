@@ -176,4 +176,21 @@ def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
         "terminal": job.is_terminal,
         "text": job_frame_text(job_payload(job, queue_position=queue_position)),
     }
-    publisher.send_job_frame([job_group(job.id), owner_group(job.owner_key)], message)
+    groups = [job_group(job.id), owner_group(job.owner_key)]
+    if settings.JOBSTREAM_PUBLISHER == "naive":
+        _naive_group_send(groups, message)
+    else:
+        publisher.send_job_frame(groups, message)
+
+
+def _naive_group_send(groups: list[str], message: LayerJobMessage) -> None:
+    """The usual pattern, for the benchmarks' baseline: a new event loop per call."""
+    from asgiref.sync import async_to_sync
+
+    layer = get_channel_layer()
+    assert layer is not None
+    for group in groups:
+        try:
+            async_to_sync(layer.group_send)(group, dict(message))
+        except Exception as exc:
+            logger.warning("publishing job %s seq %s failed: %r", message["job_id"], message["seq"], exc)
