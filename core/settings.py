@@ -151,7 +151,8 @@ CHANNEL_LAYER_BACKENDS = {
     # The pub/sub layer publishes a group message once and every daphne process that has
     # a member receives it once; the core layer's per-process list drops frames past its
     # capacity of 100 (logged only at INFO), which a progress stream cannot afford.
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "notifications.layers.JobStreamChannelLayer",
+    "stock-pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",  # stock, for the benchmarks' baseline
 }
 CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")

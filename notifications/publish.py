@@ -18,6 +18,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -27,11 +28,13 @@ from django.conf import settings
 from jobs.models import Job
 from notifications.events import LayerJobMessage, job_frame_text, job_payload
 from notifications.groups import job_group, owner_group
+from notifications.layers import JobStreamChannelLayer
 
 logger = logging.getLogger(__name__)
 
 CANCEL_CHANNEL = "jobstream.cancel"  # Redis pub/sub channel: payload is a job id
 RECONNECT_DELAY_MAX = 5.0  # seconds between attempts to re-subscribe after Redis went away
+MAX_BATCH = 500  # frames per pipelined round trip: bounds one Redis write at a few hundred KB
 
 
 class Publisher:
@@ -45,7 +48,10 @@ class Publisher:
         self._cancel_watchers: dict[str, Callable[[], None]] = {}
         self._cancel_listener: concurrent.futures.Future[Any] | None = None
         self._listener_ready = threading.Event()
-        self._send_lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[tuple[list[str], LayerJobMessage]] = asyncio.Queue()
+        self._handed = 0  # frames handed over by callers ...
+        self._settled = 0  # ... and sent (or given up on) by the loop
+        self._settled_changed = threading.Condition()
 
     # --- the loop ----------------------------------------------------------------
 
@@ -62,7 +68,8 @@ class Publisher:
                 self._pending = set()
                 self._cancel_listener = None
                 self._listener_ready = threading.Event()
-                self._send_lock = asyncio.Lock()
+                self._outbox = asyncio.Queue()
+                asyncio.run_coroutine_threadsafe(self._send_frames(), loop)
             return self._loop
 
     def _submit(self, coro: Coroutine[Any, Any, Any], what: str) -> concurrent.futures.Future[Any]:
@@ -81,25 +88,40 @@ class Publisher:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Waits until everything handed over so far has been sent; True if it was."""
+        deadline = time.monotonic() + timeout
+        target = self._handed
+        with self._settled_changed:
+            frames_sent = self._settled_changed.wait_for(lambda: self._settled >= target, timeout)
         pending = list(self._pending)
-        if not pending:
-            return True
-        _, not_done = concurrent.futures.wait(pending, timeout=timeout)
-        return not not_done
+        if pending:
+            _, not_done = concurrent.futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+            return frames_sent and not not_done
+        return frames_sent
 
     # --- job frames --------------------------------------------------------------
 
     def send_job_frame(self, groups: list[str], message: LayerJobMessage) -> None:
-        self._submit(self._group_send(groups, message), f"job {message['job_id']} seq {message['seq']}")
+        """Hands a frame to the loop and returns at once; frames leave in this order."""
+        loop = self._ensure_loop()
+        with self._lock:
+            self._handed += 1
+        loop.call_soon_threadsafe(self._outbox.put_nowait, (groups, message))
 
-    async def _group_send(self, groups: list[str], message: LayerJobMessage) -> None:
-        layer = get_channel_layer()
-        assert layer is not None, "CHANNEL_LAYERS must define a default layer"
-        # One sender at a time, in the order callers handed frames over (asyncio.Lock
-        # is FIFO): frames of one job leave this process in seq order.
-        async with self._send_lock:
-            for group in groups:
-                await layer.group_send(group, dict(message))
+    async def _send_frames(self) -> None:
+        """The one sender: takes every frame waiting and sends them in one round trip."""
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < MAX_BATCH:
+                batch.append(self._outbox.get_nowait())
+            try:
+                await _send_batch(batch)
+            except Exception as exc:
+                # Publishing never fails a job: the database keeps the truth and every
+                # client heals from a snapshot.
+                logger.warning("publishing %d frame(s) failed: %r", len(batch), exc)
+            with self._settled_changed:
+                self._settled += len(batch)
+                self._settled_changed.notify_all()
 
     # --- cancel requests -----------------------------------------------------------
 
@@ -153,6 +175,17 @@ class Publisher:
                 delay = min(delay * 2, RECONNECT_DELAY_MAX)
             finally:
                 await client.aclose()
+
+
+async def _send_batch(batch: list[tuple[list[str], LayerJobMessage]]) -> None:
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS must define a default layer"
+    if isinstance(layer, JobStreamChannelLayer):
+        await layer.publish_group_messages([(groups, dict(message)) for groups, message in batch])
+        return
+    for groups, message in batch:  # another layer: one group_send at a time, in order
+        for group in groups:
+            await layer.group_send(group, dict(message))
 
 
 def _redis_client() -> Any:

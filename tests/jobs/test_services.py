@@ -15,12 +15,21 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from jobs import services
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind
 from jobs.models import Job, JobState
 from jobs.owners import Owner
 from jobs.progress import ProgressUpdate
-from jobs.services import job_cancel, job_create, job_dispatch, job_finish, job_report_progress, job_start
+from jobs.services import (
+    RunningJob,
+    job_cancel,
+    job_create,
+    job_dispatch,
+    job_finish,
+    job_report_progress,
+    job_start,
+)
 from notifications.groups import job_group, owner_group
 from tests.waiting import wait_until
 
@@ -344,3 +353,78 @@ async def test_a_change_refused_publishes_nothing(listen: Callable[[str], Any]) 
     # One process sends its frames in order: the first to arrive is the cancel's.
     frame = await listener.job()
     assert (frame["id"], frame["state"]) == (str(queued.id), "cancelled")
+
+
+# --- the worker's fast path: RunningJob --------------------------------------------
+
+
+def running_job() -> RunningJob:
+    job = new_job()
+    started = job_start(job_id=job.id, task_id="task-fast")
+    assert started is not None
+    return RunningJob(started)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_running_job_publishes_each_report_at_once_with_the_next_seq(listen: Callable[[str], Any]) -> None:
+    running = await sync_to_async(running_job)()
+    listener = await listen(job_group(running.job.id))
+    for step in (1, 2, 3):
+        assert await sync_to_async(running.report)(update(step, 3, f"step {step}")) is False
+    frames = [await listener.job() for _ in range(3)]
+    assert [f["seq"] for f in frames] == [3, 4, 5]
+    assert [f["progress"]["message"] for f in frames] == ["step 1", "step 2", "step 3"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_job_writes_the_row_behind_then_all_at_once_on_persist() -> None:
+    running = running_job()
+    running.report(update(1))
+    assert fresh(running.job).seq == 2  # not yet written: the frame went out, the row waits
+    assert running.persist() is False
+    row = fresh(running.job)
+    assert (row.seq, row.progress_current, row.has_progress) == (3, 1, True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_job_writes_the_row_once_the_interval_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    running = running_job()
+    running.report(update(1))
+    monkeypatch.setattr(services, "PERSIST_INTERVAL", 0.0)
+    running.report(update(2))
+    assert fresh(running.job).progress_current == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_job_never_runs_more_than_half_the_window_ahead_of_its_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "PERSIST_INTERVAL", 1e9)  # only the window forces a write
+    running = running_job()
+    gaps = []
+    for step in range(services.SEQ_WINDOW + 10):
+        running.report(update(step, services.SEQ_WINDOW))
+        gaps.append(running.job.seq - fresh(running.job).seq)
+    assert max(gaps) == services.SEQ_WINDOW // 2 - 1
+    assert fresh(running.job).seq > 2  # the window did force writes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_job_says_stop_at_its_next_write_after_a_cancel_request() -> None:
+    running = running_job()
+    job_cancel(owner=OWNER, job_id=running.job.id)
+    assert running.persist() is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_job_says_stop_when_its_row_is_no_longer_running() -> None:
+    running = running_job()
+    Job.objects.filter(pk=running.job.pk).update(state=JobState.FAILED)
+    assert running.persist() is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_terminal_seq_is_above_every_seq_the_worker_published() -> None:
+    running = running_job()
+    for step in range(5):
+        running.report(update(step))
+    finished = job_finish(job_id=running.job.id, state=JobState.SUCCEEDED, seq_above=running.job.seq)
+    assert finished is not None and finished.seq == running.job.seq + 1
