@@ -193,7 +193,7 @@ def _postgres_admin(sql: str) -> None:
     import psycopg
 
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql.encode())
 
 
 def new_session(base_url: str) -> tuple[dict[str, str], str]:
