@@ -8,7 +8,7 @@ solo pool, the Redis broker and result backend) and sends it two tasks:
   cost of a Python call), `jobs.progress.Progress` with a no-op emit (coalescing alone),
   the same through its bound `__call__` (CPython 3.11 calls an instance with keywords
   through a slower generic path), and `Progress` with the real emit path: a job row made by `job_create` and started by
-  `job_start`, each frame written by `job_report_progress` and published to Redis by
+  `job_start`, each frame published by `RunningJob.report` (the row written behind) to Redis by
   the process's publisher, coalesced at PROGRESS_MAX_RATE (default 10 frames/s);
 - celery-progress: `ProgressRecorder(task).set_progress(i, N)`, which writes every call
   to the Redis result backend (so it gets fewer calls).
@@ -107,7 +107,7 @@ def measure_jobstream(self: Task[Any, Any], calls: int, repeat: int) -> list[dic
     from jobs.models import Job, JobState
     from jobs.owners import Owner
     from jobs.progress import Progress, ProgressUpdate
-    from jobs.services import job_create, job_finish, job_report_progress, job_start
+    from jobs.services import RunningJob, job_create, job_finish, job_start
     from notifications.publish import publisher
 
     rows = [
@@ -151,27 +151,35 @@ def measure_jobstream(self: Task[Any, Any], calls: int, repeat: int) -> list[dic
         started = job_start(job_id=job.id, task_id=self.request.id or str(job.id))
         assert started is not None, "the bench job was not queued"
         emitted = [0]
+        start_seq = started.seq
+        running = RunningJob(started)  # what job_run uses: frames out at once, row written behind
 
-        def emit(update: ProgressUpdate, job_id: uuid.UUID = job.id, emitted: list[int] = emitted) -> bool:
+        def emit(update: ProgressUpdate, emitted: list[int] = emitted, running: RunningJob = running) -> bool:
             emitted[0] += 1
-            return job_report_progress(job_id=job_id, update=update)
+            return running.report(update)
 
         reporter = Progress(emit=emit, max_rate=settings.PROGRESS_MAX_RATE)
         publisher.watch_cancel(str(job.id), reporter.request_cancel)
         try:
-            elapsed = _time_calls(reporter, calls)
+            elapsed = _time_calls(reporter.as_function(), calls)  # what a kind is handed
         finally:
             publisher.unwatch_cancel(str(job.id))
-        finished = job_finish(job_id=job.id, state=JobState.SUCCEEDED, progress=reporter.unsent(), result={})
+        finished = job_finish(
+            job_id=job.id,
+            state=JobState.SUCCEEDED,
+            seq_above=running.job.seq,
+            progress=reporter.unsent(),
+            result={},
+        )
         assert finished is not None and finished.state == JobState.SUCCEEDED
         if not publisher.flush(timeout=10):
             raise RuntimeError("the publisher did not send every frame to Redis within 10 s")
         # seq counts every change: created (1), started, each progress frame, finished.
-        writes = Job.objects.get(pk=job.id).seq - started.seq - 1
+        writes = Job.objects.get(pk=job.id).seq - start_seq - 1
         if writes not in (emitted[0], emitted[0] + 1):  # + 1: progress folded into the final write
             raise RuntimeError(f"{emitted[0]} frames emitted but {writes} progress writes in the database")
         runs.append((elapsed, emitted[0]))
-    rows.append(_row(f"jobstream Progress, real emit @ {settings.PROGRESS_MAX_RATE:g}/s", calls, runs))
+    rows.append(_row(f"jobstream report() as kinds get it, real emit @ {settings.PROGRESS_MAX_RATE:g}/s", calls, runs))
     return [asdict(row) for row in rows]
 
 

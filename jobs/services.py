@@ -258,7 +258,7 @@ def job_run(*, job_id: uuid.UUID, task_id: str) -> Job | None:
     try:
         if job.cancel_requested:
             raise JobCancelled()
-        result = job_kind.run(reporter, **job.params) or {}
+        result = job_kind.run(reporter.as_function(), **job.params) or {}
         json.dumps(result, allow_nan=False)  # a result must be plain JSON
         outcome["result"] = result
         if reporter.result_files:

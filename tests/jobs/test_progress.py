@@ -249,3 +249,18 @@ def test_result_path_cannot_escape_its_directory(tmp_path: Path, emitted: Record
 def test_result_path_without_a_directory_raises(report: Progress) -> None:
     with pytest.raises(RuntimeError, match="no result directory"):
         report.result_path("x.csv")
+
+
+def test_the_function_kinds_get_coalesces_and_cancels_like_the_reporter() -> None:
+    clock = [0.0]
+    sent: list[ProgressUpdate] = []
+    progress = Progress(emit=lambda update: sent.append(update) or False, max_rate=10, clock=lambda: clock[0])
+    report = progress.as_function()
+    report(current=1, total=10, message="one")
+    report(current=2, total=10, message="two")  # inside the interval: kept, not sent
+    clock[0] = 0.2
+    report(current=3, total=10, message="three")
+    assert [u.message for u in sent] == ["one", "three"]
+    progress.request_cancel()
+    with pytest.raises(JobCancelled):
+        report(current=4, total=10)
