@@ -254,7 +254,12 @@ def test_result_path_without_a_directory_raises(report: Progress) -> None:
 def test_the_function_kinds_get_coalesces_and_cancels_like_the_reporter() -> None:
     clock = [0.0]
     sent: list[ProgressUpdate] = []
-    progress = Progress(emit=lambda update: sent.append(update) or False, max_rate=10, clock=lambda: clock[0])
+
+    def emit(update: ProgressUpdate) -> bool:
+        sent.append(update)
+        return False
+
+    progress = Progress(emit=emit, max_rate=10, clock=lambda: clock[0])
     report = progress.as_function()
     report(current=1, total=10, message="one")
     report(current=2, total=10, message="two")  # inside the interval: kept, not sent
