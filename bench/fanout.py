@@ -1,0 +1,544 @@
+"""End-to-end fan-out latency, jobstream's publisher beside the naive pattern (issue 4, parts 1-2).
+
+For each scenario (watchers, jobs, reports a second, seconds) and each mode it starts a
+throwaway stack (bench/stack.py: own Redis, SQLite, one daphne, one Celery worker with
+a thread per job), submits `jobs` ticker jobs from one anonymous session, and opens
+watchers/jobs sockets on `/ws/jobs/<id>/` for each job, spread over a few client
+processes (bench/ws_clients.py) so the client is not what is measured.
+
+    .venv/bin/python bench/fanout.py                      # every scenario, both modes
+    .venv/bin/python bench/fanout.py --quick              # watchers and jobs / 10
+    .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --mode ours
+
+Modes:
+  ours   CHANNEL_LAYER=pubsub, JOBSTREAM_PUBLISHER=loop (the defaults)
+  naive  CHANNEL_LAYER=core, JOBSTREAM_PUBLISHER=naive: stock RedisChannelLayer and
+         async_to_sync(group_send) per update, the usual pattern
+
+Measured:
+- The stack starts without a worker, so the jobs wait queued while every socket
+  opens (each gets the queued snapshot); then the worker starts (a thread per job) and
+  they all start together. Connect time and daphne's CPU during it are reported apart.
+- latency = client receive `time.time()` - the frame's `job.updated_at` (the worker's
+  `time.time()` at the report call; one machine, one clock), for progress frames in
+  the measured window; the snapshot a socket gets at accept is never a sample.
+- Warm-up rule: each job reports rate_hz * (seconds + WARMUP) times; its first
+  rate_hz * WARMUP ticks (progress.current <= that) are warm-up while the jobs start
+  and queues settle, and only later ticks count.
+- expected frames: per socket, the job's window frames with a seq above the snapshot
+  it got at accept (a socket that opened late was not there for earlier ones; such
+  sockets are counted as "late"). The window's seqs come from the stream itself:
+  every change takes the next seq, so the window is (seq of the last warm-up tick,
+  terminal seq). delivered = distinct window seqs received; lost = the difference.
+  A socket that failed to open lost its whole window.
+- reporter coalesced: window ticks that never became a frame because the worker fell
+  so far behind its schedule that two reports came within 1/PROGRESS_MAX_RATE.
+- wall vs nominal: first job started -> last terminal frame received, against the
+  time the scenario would take on schedule (the last job's start + reports / rate).
+  Also the slowest job's (finished_at - started_at) / (reports / rate).
+- CPU seconds of daphne, the worker (its start-up included), Redis and the clients
+  from the worker's start to the end, and daphne's and the worker's largest resident set.
+
+Each run is bounded: sockets close at nominal + DEADLINE_SLACK, or GRACE_SECONDS after
+the API shows every job terminal, and whatever was not delivered by then is lost.
+Prints a block per run, a side-by-side table, one JSON line per run, and writes every
+run's figures with its raw latencies to --out (default bench/results/fanout.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+
+from bench.stack import Stack, new_session, percentile, submit_job  # noqa: E402
+from bench.ws_clients import (  # noqa: E402
+    RESULT_TIMEOUT,
+    TERMINAL,
+    ClientPlan,
+    ClientProcess,
+    WatcherResult,
+    new_stop_event,
+    raise_fd_limit,
+)
+
+WARMUP = 1.0  # seconds of ticks per job not counted, while the sockets open
+DEADLINE_SLACK = 60.0  # seconds past nominal before a run gives up on what is left
+GRACE_SECONDS = 10.0  # after the API shows every job terminal, for a backlog still draining to the sockets
+WATCHERS_PER_CLIENT = 500  # sockets per client process (at most one process per core)
+CONNECT_BUDGET = 120.0  # seconds for every socket to get its snapshot; then the jobs start anyway
+SUBMIT_THREADS = 16  # concurrent POST /api/jobs/ while submitting
+SAMPLE_SECONDS = 0.25  # how often CPU/RSS are sampled and the clients polled
+API_PAGE_SIZE = 100  # the API's largest page
+DEFAULT_OUT = ROOT / "bench" / "results" / "fanout.json"
+
+BASE_ENV = {
+    "JOBSTREAM_BENCH_KINDS": "true",  # registers the `ticker` kind
+    "PROGRESS_MAX_RATE": "1000",  # above every tick rate: each tick is a frame
+}
+MODES: dict[str, dict[str, str]] = {
+    "ours": {"CHANNEL_LAYER": "pubsub", "JOBSTREAM_PUBLISHER": "loop"},
+    "naive": {"CHANNEL_LAYER": "core", "JOBSTREAM_PUBLISHER": "naive"},
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    watchers: int
+    jobs: int
+    rate_hz: int
+    seconds: int  # measured seconds per job, warm-up excluded
+
+    def quick(self) -> Scenario:
+        watchers, jobs = max(1, self.watchers // 10), max(1, self.jobs // 10)
+        return replace(self, name=f"{watchers}w/{jobs}j@{self.rate_hz}Hz", watchers=watchers, jobs=jobs)
+
+    def warmup_ticks(self, warmup: float) -> int:
+        return round(self.rate_hz * warmup)
+
+    def reports(self, warmup: float) -> int:
+        return self.rate_hz * self.seconds + self.warmup_ticks(warmup)
+
+    def job_seconds(self, warmup: float) -> float:
+        return self.reports(warmup) / self.rate_hz
+
+
+SCENARIOS = [
+    Scenario("100w/10j@20Hz", 100, 10, 20, 5),
+    Scenario("1000w/100j@10Hz", 1000, 100, 10, 5),
+    Scenario("5000w/50j@5Hz", 5000, 50, 5, 5),
+]
+
+
+# --- process meters ----------------------------------------------------------------------
+
+
+class ProcessMeter:
+    """CPU seconds used by a process (and its children) since start, and its largest RSS."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.cpu_at_start = self._cpu()
+        self.cpu_now = self.cpu_at_start
+        self.max_rss = 0
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for process in [self.process, *self.process.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def sample(self) -> None:
+        try:
+            self.cpu_now = self._cpu()
+            self.max_rss = max(self.max_rss, self.process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.cpu_now - self.cpu_at_start
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+def fetch_jobs(base_url: str, cookies: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every job of the session, by id, from GET /api/jobs/."""
+    jobs: dict[str, dict[str, Any]] = {}
+    page = 1
+    with httpx.Client(base_url=base_url, cookies=cookies, timeout=30) as client:
+        while True:
+            response = client.get("/api/jobs/", params={"page": page, "page_size": API_PAGE_SIZE})
+            response.raise_for_status()
+            body = response.json()
+            jobs.update({str(job["id"]): job for job in body["results"]})
+            if not body["next"]:
+                return jobs
+            page += 1
+
+
+def _timestamp(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+# --- analysis ------------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    expected: int = 0
+    delivered: int = 0
+    late_sockets: int = 0  # sockets whose snapshot was already inside the window
+    failed_sockets: int = 0
+    out_of_order: int = 0  # frames with a seq not above the socket's previous one (a contract break)
+    reporter_coalesced: int = 0
+    unknown_windows: int = 0  # jobs whose window bounds had to be guessed (no frame at either edge)
+
+
+def _job_window(
+    watchers: list[WatcherResult], api_job: dict[str, Any] | None, warmup_ticks: int
+) -> tuple[int, int, bool] | None:
+    """(first, last) seq of a job's measured window and whether both ends were seen, or None."""
+    first: int | None = None
+    in_window: list[int] = []
+    for watcher in watchers:
+        for seq, current, state, _ in watcher.frames:
+            if state != "running" or current is None:
+                continue
+            if current == warmup_ticks:
+                first = seq + 1
+            elif current == warmup_ticks + 1 and first is None:
+                first = seq
+            if current > warmup_ticks:
+                in_window.append(seq)
+    exact = first is not None
+    if first is None:
+        if not in_window:
+            return None
+        first = min(in_window)
+    if api_job is not None and api_job["state"] in TERMINAL:
+        last = int(api_job["seq"]) - 1  # the terminal change comes right after the last tick
+    elif in_window:
+        last, exact = max(in_window), False
+    else:
+        return None
+    return first, last, exact
+
+
+def analyse(
+    watchers: list[WatcherResult], api_jobs: dict[str, dict[str, Any]], warmup_ticks: int, window_ticks: int
+) -> tuple[Delivery, list[float]]:
+    delivery = Delivery()
+    latencies: list[float] = []
+    by_job: dict[str, list[WatcherResult]] = defaultdict(list)
+    for watcher in watchers:
+        by_job[watcher.job_id].append(watcher)
+    for job_id, job_watchers in by_job.items():
+        window = _job_window(job_watchers, api_jobs.get(job_id), warmup_ticks)
+        if window is None:  # nothing of the window reached anyone: all of it is lost
+            delivery.expected += window_ticks * len(job_watchers)
+            delivery.unknown_windows += 1
+            delivery.failed_sockets += sum(1 for w in job_watchers if w.error is not None)
+            continue
+        first, last, exact = window
+        delivery.unknown_windows += 0 if exact else 1
+        delivery.reporter_coalesced += max(0, window_ticks - (last - first + 1))
+        for watcher in job_watchers:
+            if watcher.error is not None or not watcher.frames:
+                delivery.failed_sockets += watcher.error is not None
+                delivery.expected += last - first + 1
+                continue
+            snapshot_seq = watcher.frames[0][0]
+            delivery.late_sockets += snapshot_seq >= first
+            delivery.expected += max(0, last - max(first, snapshot_seq + 1) + 1)
+            seen: set[int] = set()
+            previous = snapshot_seq
+            for seq, current, state, latency in watcher.frames[1:]:
+                if seq <= previous:
+                    delivery.out_of_order += 1
+                    continue
+                previous = seq
+                if state == "running" and current is not None and current > warmup_ticks and first <= seq <= last:
+                    seen.add(seq)
+                    latencies.append(latency)
+            delivery.delivered += len(seen)
+    return delivery, latencies
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def _client_count(watchers: int) -> int:
+    return max(1, min(os.cpu_count() or 1, math.ceil(watchers / WATCHERS_PER_CLIENT)))
+
+
+def _submit_all(base_url: str, cookies: dict[str, str], csrf: str, count: int, params: dict[str, Any]) -> list[str]:
+    with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
+        return list(pool.map(lambda _: submit_job(base_url, cookies, csrf, "ticker", params), range(count)))
+
+
+def _start_worker(stack: Stack, concurrency: int) -> None:
+    """The worker, as Stack starts it (a thread per job); the queued jobs start once it is up."""
+    celery = str(Path(sys.executable).parent / "celery")
+    stack.spawn(
+        "worker0",
+        [
+            celery, "-A", "celery_app", "worker", "-n", "bench0@%h",
+            "-P", "threads", "-c", str(concurrency), "-E", "-l", "WARNING",
+        ],
+    )  # fmt: skip
+
+
+def _meters(stack: Stack) -> dict[str, ProcessMeter]:
+    assert stack.redis is not None
+    pids = {"daphne": stack.pids()["daphne0"], "redis": stack.redis.process.pid}
+    if "worker0" in stack.pids():
+        pids["worker"] = stack.pids()["worker0"]
+    return {name: ProcessMeter(pid) for name, pid in pids.items()}
+
+
+def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
+    """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
+    reports = scenario.reports(warmup)
+    warmup_ticks = scenario.warmup_ticks(warmup)
+    job_seconds = scenario.job_seconds(warmup)
+    env = {**BASE_ENV, **MODES[mode]}
+    clients: list[ClientProcess] = []
+    stop = new_stop_event()
+    # No worker yet: the jobs wait queued while every socket opens, then one starts.
+    with Stack(env=env, workers=0, daphnes=1) as stack:
+        try:
+            client_count = _client_count(scenario.watchers)
+            clients = [ClientProcess(stop) for _ in range(client_count)]
+            for client in clients:
+                client.wait_ready()
+            base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
+            cookies, csrf = new_session(base_url)
+            cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+
+            submit_started = time.time()
+            job_ids = _submit_all(
+                base_url, cookies, csrf, scenario.jobs, {"reports": reports, "rate_hz": scenario.rate_hz}
+            )
+            submitted = time.time()
+            sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
+            client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
+            for index, client in enumerate(clients):
+                client.start(
+                    ClientPlan(
+                        ws_url=ws_url,
+                        origin=base_url,
+                        cookie=cookie,
+                        job_ids=sockets[index::client_count],
+                        deadline=client_deadline,
+                    )
+                )
+            connect_meters = _meters(stack)
+            while not all(client.poll_opened() for client in clients) and time.time() < submitted + CONNECT_BUDGET:
+                time.sleep(SAMPLE_SECONDS / 5)
+            opened = time.time()
+            for meter in connect_meters.values():
+                meter.sample()
+
+            _start_worker(stack, scenario.jobs)
+            meters = _meters(stack)
+            released = time.time()
+            deadline = released + job_seconds + DEADLINE_SLACK
+            stop_at = deadline
+            next_poll = released + job_seconds
+            all_terminal = False
+            job_set = set(job_ids)
+            while not all(client.poll_result() for client in clients):
+                for meter in meters.values():
+                    meter.sample()
+                now = time.time()
+                if not all_terminal and now >= next_poll:
+                    api_jobs = fetch_jobs(base_url, cookies)
+                    all_terminal = all(api_jobs[job_id]["state"] in TERMINAL for job_id in job_set)
+                    if all_terminal:
+                        stop_at = min(stop_at, now + GRACE_SECONDS)
+                    next_poll = now + 1.0
+                if now >= stop_at:
+                    stop.set()
+                    break
+                time.sleep(SAMPLE_SECONDS)  # plain sync loop: no event loop here
+            for client in clients:
+                if not client.poll_result(RESULT_TIMEOUT):
+                    raise RuntimeError(f"client process {client.process.pid} handed back no results")
+            for meter in meters.values():
+                meter.sample()
+            finished = time.time()
+            timed_out = stop.is_set() and not all_terminal
+            api_jobs = {job_id: job for job_id, job in fetch_jobs(base_url, cookies).items() if job_id in job_set}
+        finally:
+            stop.set()
+            for client in clients:
+                client.kill()
+
+    watchers = [watcher for client in clients if client.result for watcher in client.result.watchers]
+    window_ticks = reports - warmup_ticks
+    delivery, latencies = analyse(watchers, api_jobs, warmup_ticks, window_ticks)
+
+    starts = [t for t in (_timestamp(job["started_at"]) for job in api_jobs.values()) if t is not None]
+    terminal_received = [w.terminal_at for w in watchers if w.terminal_at is not None]
+    first_start = min(starts) if starts else released
+    nominal = (max(starts) if starts else released) + job_seconds - first_start
+    without_terminal = sum(1 for w in watchers if w.terminal_at is None)
+    wall = max(terminal_received) - first_start if terminal_received and not without_terminal else None
+    job_ratios = [
+        (ended - started) / job_seconds
+        for job in api_jobs.values()
+        if (started := _timestamp(job["started_at"])) is not None
+        and (ended := _timestamp(job["finished_at"])) is not None
+    ]
+    client_results = [client.result for client in clients if client.result]
+    lost = delivery.expected - delivery.delivered
+
+    def ms(value: float) -> float:
+        return round(value, 2)
+
+    return {
+        "scenario": scenario.name,
+        "mode": mode,
+        "watchers": scenario.watchers,
+        "jobs": scenario.jobs,
+        "rate_hz": scenario.rate_hz,
+        "seconds": scenario.seconds,
+        "warmup_ticks": warmup_ticks,
+        "reports_per_job": reports,
+        "client_processes": len(clients),
+        "submit_s": round(submitted - submit_started, 2),
+        "connect_s": round(opened - submitted, 2),
+        "connect_daphne_cpu_s": round(connect_meters["daphne"].cpu_seconds, 2),
+        "failed_sockets": delivery.failed_sockets,
+        "late_sockets": delivery.late_sockets,
+        "connect_retries": sum(w.retries for w in watchers),
+        "frames_expected": delivery.expected,
+        "frames_delivered": delivery.delivered,
+        "frames_lost": lost,
+        "lost_pct": round(100 * lost / delivery.expected, 3) if delivery.expected else None,
+        "reporter_coalesced": delivery.reporter_coalesced,
+        "out_of_order": delivery.out_of_order,
+        "unknown_windows": delivery.unknown_windows,
+        "p50_ms": ms(statistics.median(latencies)) if latencies else None,
+        "p95_ms": ms(percentile(latencies, 0.95)) if latencies else None,
+        "p99_ms": ms(percentile(latencies, 0.99)) if latencies else None,
+        "max_ms": ms(max(latencies)) if latencies else None,
+        "wall_s": round(wall, 2) if wall is not None else None,
+        "nominal_s": round(nominal, 2),
+        "wall_over_pct": round(100 * (wall / nominal - 1), 1) if wall is not None else None,
+        "slowest_job_ratio": round(max(job_ratios), 3) if job_ratios else None,
+        "jobs_finished": sum(1 for job in api_jobs.values() if job["state"] in TERMINAL),
+        "timed_out": timed_out,
+        "sockets_without_terminal": without_terminal,
+        "daphne_cpu_s": round(meters["daphne"].cpu_seconds, 2),
+        "daphne_max_rss_mb": round(meters["daphne"].max_rss / 2**20, 1),
+        "worker_cpu_s": round(meters["worker"].cpu_seconds, 2),
+        "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
+        "redis_cpu_s": round(meters["redis"].cpu_seconds, 2),
+        "clients_cpu_s": round(sum(r.cpu_seconds for r in client_results), 2),
+        "measured_s": round(finished - opened, 2),
+        "close_codes": dict(Counter(str(w.close_code) for w in watchers)),
+        "connect_errors": dict(Counter(w.error.split("(")[0] for w in watchers if w.error).most_common(3)),
+        "latencies_ms": [round(value, 3) for value in latencies],
+    }
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _fmt(value: object, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value}{suffix}"
+
+
+def print_run(figures: dict[str, Any]) -> None:
+    f = figures
+    layer = "pubsub layer, loop publisher" if f["mode"] == "ours" else "core layer, async_to_sync per update"
+    print(f"\n== {f['scenario']} · {f['mode']} ({layer}) ==")
+    print(
+        f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz; ticks 1-{f['warmup_ticks']} of each "
+        f"job are warm-up, not counted; {f['watchers']} watchers in {f['client_processes']} client process(es)"
+    )
+    print(
+        f"jobs queued, no worker yet, while the sockets opened: "
+        f"{f['connect_s']} s (daphne {f['connect_daphne_cpu_s']} CPU s), {f['failed_sockets']} failed "
+        f"({f['connect_retries']} handshakes retried), "
+        f"{f['late_sockets']} opened after the window began; then the worker started"
+    )
+    print(
+        f"frames: expected {f['frames_expected']}, delivered {f['frames_delivered']}, lost {f['frames_lost']} "
+        f"({_fmt(f['lost_pct'], ' %')}); reporter coalesced {f['reporter_coalesced']} ticks; "
+        f"out of order {f['out_of_order']}; socket close codes {f['close_codes']}"
+        + (f"; connect errors {f['connect_errors']}" if f["connect_errors"] else "")
+    )
+    print(
+        f"latency worker report -> client: p50 {_fmt(f['p50_ms'])} ms, p95 {_fmt(f['p95_ms'])} ms, "
+        f"p99 {_fmt(f['p99_ms'])} ms, max {_fmt(f['max_ms'])} ms"
+    )
+    print(
+        f"wall {_fmt(f['wall_s'], ' s')} vs nominal {f['nominal_s']} s ({_fmt(f['wall_over_pct'], ' %')} over); "
+        f"slowest job {_fmt(f['slowest_job_ratio'], 'x')} its nominal; "
+        f"{f['jobs_finished']}/{f['jobs']} finished{' (TIMED OUT)' if f['timed_out'] else ''}; "
+        f"{f['sockets_without_terminal']} sockets stopped before their terminal frame"
+    )
+    print(
+        f"CPU s over {f['measured_s']} s: daphne {f['daphne_cpu_s']} (max RSS {f['daphne_max_rss_mb']} MB), "
+        f"worker {f['worker_cpu_s']} (max RSS {f['worker_max_rss_mb']} MB), redis {f['redis_cpu_s']}, "
+        f"clients {f['clients_cpu_s']}"
+    )
+
+
+def print_table(runs: list[dict[str, Any]]) -> None:
+    print("\nside by side (latency in ms; lost = frames lost / expected; wall = % over nominal)")
+    header = f"{'scenario':<18} {'mode':<6} {'p50':>8} {'p95':>8} {'p99':>9} {'max':>9} {'lost':>14} {'wall':>8}"
+    print(header)
+    print("-" * len(header))
+    by_scenario: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for f in runs:
+        by_scenario[f["scenario"]][f["mode"]] = f
+        lost = f"{f['frames_lost']}/{f['frames_expected']}"
+        print(
+            f"{f['scenario']:<18} {f['mode']:<6} {_fmt(f['p50_ms']):>8} {_fmt(f['p95_ms']):>8} "
+            f"{_fmt(f['p99_ms']):>9} {_fmt(f['max_ms']):>9} {lost:>14} {_fmt(f['wall_over_pct'], '%'):>8}"
+        )
+    for name, modes in by_scenario.items():
+        ours, naive = modes.get("ours"), modes.get("naive")
+        if ours and naive and ours["p99_ms"] and naive["p99_ms"]:
+            print(f"{name}: p99 ours/naive = {ours['p99_ms'] / naive['p99_ms']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="watchers and jobs divided by 10 (a smoke run)")
+    parser.add_argument("--scenario", choices=[s.name for s in SCENARIOS], help="run only this scenario")
+    parser.add_argument("--mode", choices=["ours", "naive", "both"], default="both")
+    parser.add_argument("--warmup", type=float, default=WARMUP, help="seconds of ticks per job not counted")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for figures and raw latencies")
+    args = parser.parse_args(argv)
+
+    raise_fd_limit()  # daphne inherits it: thousands of sockets
+    scenarios = [s for s in SCENARIOS if args.scenario in (None, s.name)]
+    if args.quick:
+        scenarios = [s.quick() for s in scenarios]
+    modes = ["ours", "naive"] if args.mode == "both" else [args.mode]
+    runs: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for scenario in scenarios:
+        for mode in modes:
+            figures = run_once(scenario, mode, warmup=args.warmup)
+            print_run(figures)
+            runs.append(figures)
+    print_table(runs)
+    for figures in runs:
+        print(json.dumps({key: value for key, value in figures.items() if key != "latencies_ms"}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(runs))
+    print(f"raw latencies of {len(runs)} run(s) in {args.out}; total {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

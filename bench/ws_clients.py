@@ -1,0 +1,239 @@
+"""The watcher side of bench/fanout.py: WebSocket clients in processes of their own.
+
+Thousands of sockets receiving thousands of frames a second would saturate the core
+of a single Python process and the benchmark would measure the client. So the
+watchers are split over a few processes (`ClientProcess`), each one asyncio loop with
+the `websockets` library. A process records, per socket, every frame as
+(seq, progress current, state, latency ms), latency being its receive `time.time()`
+minus the frame's `job.updated_at` (the worker's `time.time()` at report: one
+machine, one clock), and hands the lot back to the parent when every socket has
+closed or it is told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+CONNECT_CONCURRENCY = 50  # handshakes in flight per process; daphne drops those it cannot accept within 5 s
+CONNECT_RETRIES = 5  # a failed handshake is retried, with backoff and jitter, like a browser's reconnect
+CONNECT_TIMEOUT = 30.0  # seconds for one handshake, queueing for the gate included
+STOP_POLL_SECONDS = 0.1  # how often a process looks at the parent's stop event
+READY_TIMEOUT = 30.0  # seconds for a spawned process to import and report ready
+CLOSE_TIMEOUT = 2.0  # seconds for a closing handshake when the parent stops us
+RESULT_TIMEOUT = 30.0  # seconds for a stopped process to hand back its frames
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+READY, OPENED = "ready", "opened"  # what a client process tells its parent before the results
+CONTEXT = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
+
+# (seq, progress.current or None, state, latency ms); a socket's first frame is the
+# snapshot sent at accept, not a fresh change.
+Frame = tuple[int, float | None, str, float]
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    ws_url: str
+    origin: str
+    cookie: str
+    job_ids: list[str]  # one socket per entry, on /ws/jobs/<id>/
+    deadline: float  # time.time() after which every socket is closed
+
+
+@dataclass
+class WatcherResult:
+    job_id: str
+    connected_at: float | None = None  # time.time() when the handshake completed
+    error: str | None = None  # why the last handshake failed, if none succeeded
+    retries: int = 0  # failed handshakes before the one that worked
+    close_code: int | None = None
+    terminal_at: float | None = None  # time.time() when the terminal frame arrived
+    frames: list[Frame] = field(default_factory=list)
+
+
+@dataclass
+class ClientResult:
+    watchers: list[WatcherResult]
+    cpu_seconds: float  # user + system of the client process while it watched
+    connect_seconds: float  # from the plan's arrival to the last socket having its snapshot
+
+
+# --- one process ---------------------------------------------------------------------
+
+
+def raise_fd_limit() -> None:
+    """Thousands of sockets need more than the usual soft limit of 1024 descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _parse(text: str | bytes, received: float) -> Frame | None:
+    message = json.loads(text)
+    if message.get("type") != "job":
+        return None
+    job = message["job"]
+    progress = job["progress"]
+    produced = datetime.fromisoformat(job["updated_at"]).timestamp()
+    return (job["seq"], progress["current"] if progress else None, job["state"], (received - produced) * 1000)
+
+
+async def _watch(plan: ClientPlan, result: WatcherResult, gate: asyncio.Semaphore, on_open: Callable[[], None]) -> None:
+    """Follows one socket until it closes; `on_open` once it has its snapshot (or failed)."""
+    attempt = 0
+    while True:
+        try:
+            async with gate:
+                socket: ClientConnection = await asyncio.wait_for(
+                    connect(
+                        f"{plan.ws_url}/ws/jobs/{result.job_id}/",
+                        origin=plan.origin,  # type: ignore[arg-type]
+                        additional_headers={"Cookie": plan.cookie},
+                        compression=None,  # daphne does not negotiate it; say so rather than offer it
+                        open_timeout=CONNECT_TIMEOUT,
+                        close_timeout=CLOSE_TIMEOUT,
+                        max_queue=None,  # never push back on daphne: buffering here is not the product's lag
+                    ),
+                    CONNECT_TIMEOUT,
+                )
+            break
+        except Exception as exc:  # refused, timed out, dropped by daphne: retried as a browser would
+            attempt += 1
+            result.retries = attempt
+            if attempt > CONNECT_RETRIES:
+                result.error = repr(exc)
+                on_open()
+                return
+            await asyncio.sleep(random.uniform(0.5, 1.0) * attempt)  # backoff with jitter
+    result.connected_at = time.time()
+    try:
+        async for text in socket:
+            received = time.time()
+            frame = _parse(text, received)
+            if frame is None:
+                continue
+            if not result.frames:
+                on_open()
+            result.frames.append(frame)
+            if frame[2] in TERMINAL:
+                result.terminal_at = received
+    except ConnectionClosed:
+        pass
+    finally:
+        if not result.frames:
+            on_open()  # closed before any frame: it will get none
+        await socket.close()
+        result.close_code = socket.close_code
+
+
+async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientResult:
+    plan_at = time.time()
+    cpu_before = time.process_time()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    results = [WatcherResult(job_id=job_id) for job_id in plan.job_ids]
+    waiting = len(results)
+    opened_at = plan_at
+
+    def on_open() -> None:
+        nonlocal waiting, opened_at
+        waiting -= 1
+        if waiting == 0:
+            opened_at = time.time()
+            conn.send(OPENED)  # a few bytes: blocking the loop for it is harmless
+
+    if not results:
+        conn.send(OPENED)
+    tasks = {asyncio.create_task(_watch(plan, result, gate, on_open)) for result in results}
+    pending = tasks
+    while pending:
+        if stop.is_set() or time.time() > plan.deadline:
+            for task in pending:
+                task.cancel()
+            break
+        _, pending = await asyncio.wait(pending, timeout=STOP_POLL_SECONDS)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return ClientResult(
+        watchers=results,
+        cpu_seconds=time.process_time() - cpu_before,
+        connect_seconds=opened_at - plan_at,
+    )
+
+
+def client_main(conn: Connection, stop: EventType) -> None:
+    """Entry point of a client process: ready, a plan, "opened" once every socket has
+    its snapshot, then the results."""
+    raise_fd_limit()
+    conn.send(READY)
+    plan: ClientPlan = conn.recv()
+    conn.send(asyncio.run(_run(plan, stop, conn)))
+    conn.close()
+
+
+# --- the parent's handle on one process ------------------------------------------------
+
+
+def new_stop_event() -> EventType:
+    """The event a parent sets to make its client processes close their sockets and report."""
+    return CONTEXT.Event()
+
+
+class ClientProcess:
+    """A spawned watcher process; `kill()` stops it by its PID."""
+
+    def __init__(self, stop: EventType) -> None:
+        self.conn, child_conn = CONTEXT.Pipe()
+        self.process = CONTEXT.Process(target=client_main, args=(child_conn, stop), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.result: ClientResult | None = None
+        self.opened = False
+
+    def wait_ready(self) -> None:
+        if not self.conn.poll(READY_TIMEOUT) or self.conn.recv() != READY:
+            raise RuntimeError(f"client process {self.process.pid} did not start within {READY_TIMEOUT:.0f} s")
+
+    def start(self, plan: ClientPlan) -> None:
+        self.conn.send(plan)
+
+    def poll_opened(self) -> bool:
+        """True once every socket of the process has its snapshot or has failed."""
+        self._receive(0.0)
+        return self.opened
+
+    def poll_result(self, timeout: float = 0.0) -> bool:
+        """True once the process has handed back its results (kept in `result`)."""
+        deadline = time.monotonic() + timeout
+        while self.result is None and self._receive(max(0.0, deadline - time.monotonic())):
+            pass
+        return self.result is not None
+
+    def _receive(self, timeout: float) -> bool:
+        if self.result is not None or not self.conn.poll(timeout):
+            return False
+        message = self.conn.recv()
+        if message == OPENED:
+            self.opened = True
+        else:
+            self.result = message
+        return True
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+        self.conn.close()
