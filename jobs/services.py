@@ -175,11 +175,13 @@ class RunningJob:
         self.job = job
         self.persisted_seq = job.seq
         self.persisted_at = time.monotonic()
+        self.last_update: ProgressUpdate | None = None  # the newest progress published
 
     def report(self, update: ProgressUpdate) -> bool:
         """Publishes one progress update; True when the job must stop."""
         job = self.job
         job.seq += 1
+        self.last_update = update
         for name, value in _progress_fields(update).items():
             setattr(job, name, value)
         job.updated_at = datetime.fromtimestamp(update.at, tz=UTC)
@@ -276,7 +278,10 @@ def job_run(*, job_id: uuid.UUID, task_id: str) -> Job | None:
     finally:
         publisher.unwatch_cancel(str(job.id))
     logger.info("%s: %s %s", log_context, outcome["state"], outcome.get("error", ""))
-    return job_finish(job_id=job.id, seq_above=running.job.seq, progress=reporter.unsent(), **outcome)
+    # The terminal write carries the newest progress, sent or not: the row may be up to
+    # PERSIST_INTERVAL behind what the last frames showed.
+    progress = reporter.unsent() or running.last_update
+    return job_finish(job_id=job.id, seq_above=running.job.seq, progress=progress, **outcome)
 
 
 # --- cancel ----------------------------------------------------------------------

@@ -18,9 +18,16 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import Job
 from jobs.owners import Owner, owner_from_scope
-from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position
+from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position, parse_job_id
 from jobs.services import job_cancel
-from notifications.events import LayerJobMessage, encode, error_frame_text, job_frame_text, job_payload
+from notifications.events import (
+    JobPayload,
+    LayerJobMessage,
+    encode,
+    error_frame_text,
+    job_frame_text,
+    job_payload,
+)
 from notifications.groups import job_group, owner_group
 
 logger = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         self.groups_joined = []
         self.tokens = float(FLOOD_BURST)
         self.tokens_at = time.monotonic()
-        self.owner = await database_sync_to_async(owner_from_scope)(self.scope)
+        self.owner = None
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
@@ -69,14 +76,10 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
 
     # --- server → client ---------------------------------------------------------
 
-    async def send_job(self, job: Job) -> None:
-        payload = job_payload(
-            job,
-            staff=bool(self.owner and self.owner.is_staff),
-            queue_position=await database_sync_to_async(job_queue_position)(job=job),
-        )
-        self.last_seq[str(job.id)] = job.seq
-        await self.send(text_data=job_frame_text(payload))
+    def payload(self, job: Job) -> JobPayload:
+        """The job's JSON for this socket (sync: may count the queue)."""
+        staff = bool(self.owner and self.owner.is_staff)
+        return job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
 
     async def job_frame(self, event: LayerJobMessage) -> None:
         """A change published by a worker or a web process (type `job.frame`)."""
@@ -146,19 +149,30 @@ class JobConsumer(JobStreamConsumer):
     job_id: str
 
     async def start_stream(self) -> None:
-        self.job_id = str(self.scope["url_route"]["kwargs"]["job_id"])
-        job = await database_sync_to_async(job_get_visible)(owner=self.owner, job_id=self.job_id)
-        if job is None:
+        parsed = parse_job_id(self.scope["url_route"]["kwargs"]["job_id"])
+        if parsed is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        self.job_id = str(job.id)
-        await self.join(job_group(job.id))
-        # Read again after joining: a change made between the first read and the join
-        # is in this snapshot; any later one arrives as a frame with a higher seq.
-        job = await database_sync_to_async(Job.objects.get)(pk=job.id)
-        await self.send_job(job)
-        if job.is_terminal:
+        self.job_id = str(parsed)
+        # Join first, then read: a change made before the read is in the snapshot; any
+        # later one arrives as a frame with a higher seq. (Joining a group of a job that
+        # turns out not to be visible costs nothing: disconnect leaves it.)
+        await self.join(job_group(parsed))
+        snapshot = await database_sync_to_async(self._snapshot)()
+        if snapshot is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        payload, terminal = snapshot
+        self.last_seq[self.job_id] = payload["seq"]
+        await self.send(text_data=job_frame_text(payload))
+        if terminal:
             await self.close(code=CLOSE_NORMAL)
+
+    def _snapshot(self) -> tuple[JobPayload, bool] | None:
+        """One trip to the database thread: the owner, the visibility check, the job."""
+        self.owner = owner_from_scope(self.scope)
+        job = job_get_visible(owner=self.owner, job_id=self.job_id)
+        return None if job is None else (self.payload(job), job.is_terminal)
 
     async def after_frame(self, event: LayerJobMessage) -> None:
         if event["terminal"]:
@@ -172,16 +186,18 @@ class OwnerJobsConsumer(JobStreamConsumer):
     """`/ws/jobs/`: a snapshot of the owner's recent jobs, then every change to any of them."""
 
     async def start_stream(self) -> None:
-        jobs: list[Job] = []
+        self.owner = await database_sync_to_async(owner_from_scope)(self.scope)
+        payloads: list[JobPayload] = []
         if self.owner is not None:
             await self.join(owner_group(self.owner.key))
-            jobs = await database_sync_to_async(job_list_recent_for_owner)(owner=self.owner)
-        payloads = []
-        for job in jobs:
-            self.last_seq[str(job.id)] = job.seq
-            position = await database_sync_to_async(job_queue_position)(job=job)
-            payloads.append(job_payload(job, staff=bool(self.owner and self.owner.is_staff), queue_position=position))
+            payloads = await database_sync_to_async(self._snapshot)()
+        for payload in payloads:
+            self.last_seq[payload["id"]] = payload["seq"]
         await self.send(text_data=encode({"type": "snapshot", "jobs": payloads}))
+
+    def _snapshot(self) -> list[JobPayload]:
+        assert self.owner is not None
+        return [self.payload(job) for job in job_list_recent_for_owner(owner=self.owner)]
 
     async def on_cancel(self, frame: dict[str, Any]) -> None:
         if "id" not in frame:

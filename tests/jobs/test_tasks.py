@@ -35,3 +35,13 @@ def test_failing_sleep_job_stores_the_users_message(worker: Any) -> None:
     assert job.state == JobState.FAILED
     assert job.error == "Failed at step 2, as asked by fail_at_step."
     assert job.error_detail == ""
+
+
+def test_final_state_carries_the_last_progress_even_when_the_row_was_behind(worker: Any) -> None:
+    # A report every 0.11 s: each one is published (the reporter allows 10/s), while
+    # the row is written about once a second, so it lags the last frames; the
+    # terminal write must still hold the newest progress (the bar must not go back).
+    job = finished(job_create(owner=OWNER, kind="sleep", params={"steps": 30, "step_seconds": 0.11}))
+    assert job.state == JobState.SUCCEEDED
+    assert (job.progress_current, job.progress_total) == (30, 30)
+    assert job.progress_message == "step 30 of 30"
