@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from channels.layers import get_channel_layer
 
-from notifications.layers import CONSUMER_QUEUE_LIMIT, JobStreamChannelLayer, LatestWinsQueue
+from notifications.layers import BEHIND, CONSUMER_QUEUE_LIMIT, JobStreamChannelLayer, LatestWinsQueue
 
 FRAME_TIMEOUT = 5.0  # seconds for a frame to come back through the test Redis
 
@@ -17,12 +17,27 @@ def frame(seq: int, *, terminal: bool = False, job_id: str = "a") -> dict[str, A
     return {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": "{}"}
 
 
+async def test_every_change_waits_its_turn_until_the_socket_is_behind() -> None:
+    queue = LatestWinsQueue()
+    for seq in range(1, BEHIND + 1):
+        queue.put_nowait(frame(seq, job_id="a"))
+    assert [queue.get_nowait()["seq"] for _ in range(queue.qsize())] == list(range(1, BEHIND + 1))
+
+
+async def test_once_behind_a_progress_frame_replaces_the_waiting_one_of_its_job() -> None:
+    queue = LatestWinsQueue()
+    for seq in range(1, BEHIND + 6):
+        queue.put_nowait(frame(seq, job_id="a"))
+    queue.put_nowait(frame(1, job_id="b"))
+    waiting = [(m["job_id"], m["seq"]) for m in (queue.get_nowait() for _ in range(queue.qsize()))]
+    assert waiting == [("a", BEHIND + 5), *[("a", seq) for seq in range(2, BEHIND + 1)], ("b", 1)]
+
+
 async def test_a_full_queue_drops_its_oldest_progress_frame_and_keeps_the_newest() -> None:
     queue = LatestWinsQueue()
     for seq in range(1, CONSUMER_QUEUE_LIMIT + 11):
-        queue.put_nowait(frame(seq))
+        queue.put_nowait(frame(seq, job_id=f"job-{seq}"))
     seqs = [queue.get_nowait()["seq"] for _ in range(queue.qsize())]
-    assert len(seqs) == CONSUMER_QUEUE_LIMIT
     assert seqs == list(range(11, CONSUMER_QUEUE_LIMIT + 11))
 
 
@@ -30,7 +45,7 @@ async def test_a_full_queue_never_drops_a_terminal_frame() -> None:
     queue = LatestWinsQueue()
     queue.put_nowait(frame(1, terminal=True, job_id="done"))
     for seq in range(2, CONSUMER_QUEUE_LIMIT + 20):
-        queue.put_nowait(frame(seq))
+        queue.put_nowait(frame(seq, job_id=f"job-{seq}"))
     first = queue.get_nowait()
     assert first["terminal"] and first["job_id"] == "done"
 
@@ -60,10 +75,11 @@ async def test_publish_group_messages_keeps_order_and_reaches_every_group(redis_
     await layer.group_add("order-a", first)
     await layer.group_add("order-b", second)
     try:
-        await layer.publish_group_messages([(["order-a", "order-b"], frame(seq)) for seq in range(1, 51)])
+        count = BEHIND  # a burst a socket takes whole, before it counts as behind
+        await layer.publish_group_messages([(["order-a", "order-b"], frame(seq)) for seq in range(1, count + 1)])
         for channel in (first, second):
-            seqs = [(await asyncio.wait_for(layer.receive(channel), FRAME_TIMEOUT))["seq"] for _ in range(50)]
-            assert seqs == list(range(1, 51))
+            seqs = [(await asyncio.wait_for(layer.receive(channel), FRAME_TIMEOUT))["seq"] for _ in range(count)]
+            assert seqs == list(range(1, count + 1))
     finally:
         await layer.group_discard("order-a", first)
         await layer.group_discard("order-b", second)

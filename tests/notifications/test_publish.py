@@ -87,9 +87,13 @@ async def test_frames_from_one_process_arrive_in_seq_order() -> None:
 
     for seq in range(1, 51):
         publish_job_change(unsaved_job(seq=seq, job_id=job_id))
-    received = [(await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT))["seq"] for _ in range(50)]
+    received: list[int] = []
+    while not received or received[-1] < 50:
+        received.append((await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT))["seq"])
 
-    assert received == list(range(1, 51))
+    # A burst larger than a socket's queue keeps its newest frames (latest wins), in order.
+    assert received == sorted(set(received))
+    assert received[-1] == 50
 
 
 def test_send_cancel_reaches_the_cancel_watcher() -> None:
