@@ -92,9 +92,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        # Kept open for a minute: daphne runs every ORM call of the consumers on one
-        # thread, and opening a connection per socket handshake cost more than the rest.
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        # 0: under ASGI, Django runs each request's sync code in a thread of its own, so
+        # a connection kept past the request is never reused, only leaked (PostgreSQL
+        # ran out of connections in bench/submit_throughput.py with 60).
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
         conn_health_checks=True,
     )
 }
