@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint pytest docker-smoke migrate install install-dev clean
+.PHONY: run test lint pytest docker-smoke migrate install install-dev clean bench
 
 $(VENV)/.installed-runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ docker-smoke: install-dev
 
 clean:
 	rm -rf $(VENV) var staticfiles .mypy_cache .ruff_cache .pytest_cache
+
+## bench: every benchmark (about 10 minutes), then docs/performance.md
+bench: install-dev
+	bash bench/run.sh

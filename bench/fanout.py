@@ -80,7 +80,7 @@ from bench.ws_clients import (  # noqa: E402
 )
 
 WARMUP = 1.0  # seconds of ticks per job not counted, while the sockets open
-DEADLINE_SLACK = 60.0  # seconds past nominal before a run gives up on what is left
+DEADLINE_SLACK = 30.0  # seconds past nominal before a run gives up on what is left (the run budget: 10 min)
 GRACE_SECONDS = 10.0  # after the API shows every job terminal, for a backlog still draining to the sockets
 WATCHERS_PER_CLIENT = 500  # sockets per client process (at most one process per core)
 CONNECT_BUDGET = 120.0  # seconds for every socket to get its snapshot; then the jobs start anyway

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Every benchmark, side by side, then docs/performance.md's tables and plots.
+#   bash bench/run.sh        (or: make bench)
+# Each script starts what it needs on loopback and stops it by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+out=bench/results
+mkdir -p "$out"
+started=$(date +%s)
+
+echo "== reporter overhead"
+$PY bench/reporter_overhead.py | tee "$out/reporter.log"
+tail -n 1 "$out/reporter.log" > "$out/reporter.json"
+
+echo "== fan-out latency: ours vs naive"
+$PY bench/fanout.py --out "$out/fanout.json"
+
+echo "== connection capacity"
+$PY bench/capacity.py --out "$out/capacity.json"
+
+echo "== submission throughput"
+$PY bench/submit_throughput.py --duration 2 --out "$out/submit.json"
+
+seconds=$(( $(date +%s) - started ))
+printf '{"command": "bash bench/run.sh", "when": "%s", "seconds": %d}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$seconds" > "$out/run.json"
+$PY bench/report.py --results "$out"
+echo "bench: every scenario in ${seconds} s"
