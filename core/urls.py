@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
 from django.urls import path, re_path
 
+from core.api_errors import errors_response
 from core.health import healthz
 from jobs import views
 from jobs.api import api
@@ -12,7 +13,7 @@ from notifications.sse import job_events
 
 
 def api_not_found(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"errors": {"path": [f"No API endpoint at {request.path}."]}}, status=404)
+    return errors_response(404, "path", f"No API endpoint at {request.path}.")
 
 
 urlpatterns = [

@@ -19,6 +19,7 @@ from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.security import APIKeyCookie
 
+from core.api_errors import errors_body, errors_response
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_list
 from jobs.owners import Owner, owner_from_request
@@ -59,14 +60,6 @@ def _owner(request: HttpRequest) -> Owner:
     owner = request.auth  # type: ignore[attr-defined]
     assert isinstance(owner, Owner)
     return owner
-
-
-def errors_body(field: str, message: str) -> dict[str, dict[str, list[str]]]:
-    return {"errors": {field: [message]}}
-
-
-def errors_response(status: int, field: str, message: str) -> JsonResponse:
-    return JsonResponse(errors_body(field, message), status=status)
 
 
 @api.exception_handler(ValidationError)

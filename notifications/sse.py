@@ -16,9 +16,10 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from core.api_errors import errors_response
 from jobs.models import Job
 from jobs.owners import Owner, owner_from_request
 from jobs.selectors import job_get_visible, job_queue_position
@@ -27,10 +28,6 @@ from notifications.groups import job_group
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 RESYNC_EVERY = 4  # keep-alives between database re-reads (about a minute)
-
-
-def _errors(status: int, field: str, message: str) -> JsonResponse:
-    return JsonResponse({"errors": {field: [message]}}, status=status)
 
 
 def _event(seq: int, job_json: str) -> bytes:
@@ -50,10 +47,10 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     owner: Owner = await sync_to_async(owner_from_request)(request)
     job = await database_sync_to_async(job_get_visible)(owner=owner, job_id=job_id)
     if job is None:
-        return _errors(404, "id", "No job with this id.")
+        return errors_response(404, "id", "No job with this id.")
     raw_last = request.headers.get("Last-Event-ID", "").strip()
     if raw_last and not raw_last.isdigit():
-        return _errors(400, "Last-Event-ID", "Must be a whole number: the seq of the last event seen.")
+        return errors_response(400, "Last-Event-ID", "Must be a whole number: the seq of the last event seen.")
     last_seq = int(raw_last) if raw_last else -1
     response = StreamingHttpResponse(
         _stream(job.id, last_seq=last_seq, staff=owner.is_staff), content_type="text/event-stream"
