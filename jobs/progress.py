@@ -46,6 +46,7 @@ class Progress:
         "_message",
         "_next_at",
         "_pending",
+        "_report",
         "_result_dir",
         "_samples",
         "_total",
@@ -72,18 +73,10 @@ class Progress:
         self._samples: deque[tuple[float, float]] = deque(maxlen=RATE_SAMPLES)
         self._result_dir = result_dir
         self.result_files: list[Path] = []
+        self._report = self.as_function()
 
     def __call__(self, current: float | None = None, total: float | None = None, message: str = "") -> None:
-        if self._cancelled:
-            raise JobCancelled()
-        self._current = current
-        self._total = total
-        self._message = message
-        now = self._clock()
-        if now < self._next_at:
-            self._pending = True
-            return
-        self._send(now)
+        self._report(current=current, total=total, message=message)
 
     def as_function(self) -> Callable[..., None]:
         """What a kind is handed: a plain function doing what `__call__` does.

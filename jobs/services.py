@@ -1,7 +1,9 @@
 """Writes to jobs: create, dispatch, run (start, report, finish) and cancel.
 
-Every change takes its `seq` from one atomic `UPDATE … SET seq = seq + 1` on the row,
-whichever process makes it, and is published after its transaction commits.
+A state change takes its `seq` from one atomic `UPDATE … SET seq = seq + 1` on the row,
+whichever process makes it, and is published after its transaction commits. Progress
+frames of a running job take theirs from the worker (`RunningJob`), which writes the
+row behind and never runs more than SEQ_WINDOW ahead of it.
 """
 
 from __future__ import annotations
@@ -151,7 +153,11 @@ def _progress_fields(update: ProgressUpdate) -> dict[str, Any]:
 
 
 def job_report_progress(*, job_id: uuid.UUID, update: ProgressUpdate) -> bool:
-    """Stores and publishes one progress update; True when the job must stop."""
+    """Stores and publishes one progress update now; True when the job must stop.
+
+    The write-through path, for callers outside a worker's run; `job_run` reports
+    through `RunningJob`, which publishes first and writes the row behind.
+    """
     job = _change(
         job_id,
         from_states={JobState.RUNNING},
