@@ -12,7 +12,9 @@ import logging
 import time
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
@@ -29,6 +31,7 @@ from notifications.events import (
     job_payload,
 )
 from notifications.groups import job_group, owner_group
+from notifications.layers import deliver_directly, stop_direct
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         self.tokens = float(FLOOD_BURST)
         self.tokens_at = time.monotonic()
         self.owner = None
+        self.closed = False
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
@@ -68,7 +72,31 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(group, self.channel_name)
         self.groups_joined.append(group)
 
+    def go_direct(self) -> None:
+        """Called once the snapshot is sent: later job frames come straight from the
+        layer's subscriber (notifications/layers.py), not through this consumer's
+        queue and dispatch loop. Frames already queued still pass the seq filter."""
+        deliver_directly(self.channel_name, self.push)
+
+    async def push(self, message: LayerJobMessage) -> None:
+        if not self.closed:
+            await self.job_frame(message)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        self.closed = True
+        stop_direct(self.channel_name)
+        await super().close(code=code, reason=reason)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # As Channels' own, minus its close_old_connections() in a worker thread: when
+        # the sockets of finished jobs closed together, those thread hops queued up
+        # behind each other and held up frames for the jobs still running.
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
     async def disconnect(self, code: int) -> None:
+        self.closed = True
+        stop_direct(self.channel_name)
         if self.channel_layer is None:
             return
         for group in self.groups_joined:
@@ -83,17 +111,18 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs close_old_connections() in a worker thread before every
-        # handler: a thread round trip per frame, most of daphne's cost per frame sent.
-        # Job frames never touch the database (handlers that do go through
-        # database_sync_to_async, which cleans up itself), so they skip it.
-        if message["type"] == "job.frame":
-            await self.job_frame(message)  # type: ignore[arg-type]
-        else:
-            await super().dispatch(message)
+        # handler: a thread round trip per message, once most of daphne's cost per
+        # frame sent and, when many sockets close together, per disconnect. Handlers
+        # here that touch the database go through database_sync_to_async, which
+        # cleans up connections itself, so none needs it.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def job_frame(self, event: LayerJobMessage) -> None:
         """A change published by a worker or a web process (type `job.frame`)."""
-        if event["seq"] <= self.last_seq.get(event["job_id"], 0):
+        if self.closed or event["seq"] <= self.last_seq.get(event["job_id"], 0):
             return
         self.last_seq[event["job_id"]] = event["seq"]
         await self.send(text_data=event["text"])
@@ -177,6 +206,8 @@ class JobConsumer(JobStreamConsumer):
         await self.send(text_data=job_frame_text(payload))
         if terminal:
             await self.close(code=CLOSE_NORMAL)
+        else:
+            self.go_direct()
 
     def _snapshot(self) -> tuple[JobPayload, bool] | None:
         """One trip to the database thread: the owner, the visibility check, the job."""
@@ -204,6 +235,7 @@ class OwnerJobsConsumer(JobStreamConsumer):
         for payload in payloads:
             self.last_seq[payload["id"]] = payload["seq"]
         await self.send(text_data=encode({"type": "snapshot", "jobs": payloads}))
+        self.go_direct()
 
     def _snapshot(self) -> list[JobPayload]:
         assert self.owner is not None

@@ -9,6 +9,10 @@ pinned in requirements.txt; these classes lean on its internals):
   behind, the oldest non-terminal job frame in its queue is dropped: every frame
   carries the job's whole state, so a bar only needs the newest one. The stock layer's
   queues grow without bound, and overload shows up as seconds of delay.
+- A socket that has sent its snapshot takes job frames straight from the subscriber
+  (`deliver_directly`): the subscriber task awaits each member's send in turn,
+  instead of waking one consumer task per socket per frame. Channels' dispatch loop
+  (a new task and an `asyncio.wait` per message) was most of daphne's cost per frame.
 - `publish_group_messages` sends many group messages in one pipelined round trip per
   shard, each serialized once for all its groups (used by notifications/publish.py).
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
@@ -29,6 +34,21 @@ logger = logging.getLogger(__name__)
 CONSUMER_QUEUE_LIMIT = 16  # messages waiting per socket; past it the oldest progress frame goes
 BEHIND = 4  # waiting messages from which a socket counts as behind and progress frames coalesce
 DRAIN_MAX = 1000  # messages taken from the subscriber socket per pass of the event loop
+
+
+Push = Callable[[Any], Awaitable[None]]
+
+# Sockets of this process fed straight from the subscriber: channel name -> push.
+_DIRECT: dict[str, Push] = {}
+
+
+def deliver_directly(channel_name: str, push: Push) -> None:
+    """From now on job frames for `channel_name` go to `push`, awaited by the subscriber."""
+    _DIRECT[channel_name] = push
+
+
+def stop_direct(channel_name: str) -> None:
+    _DIRECT.pop(channel_name, None)
 
 
 def _is_progress(message: Any) -> bool:
@@ -83,19 +103,21 @@ class LatestWinsQueue(asyncio.Queue[Any]):
 class JobStreamShardConnection(RedisSingleShardConnection):
     async def _do_receiving(self) -> None:
         # As the stock loop, but it takes every message already buffered before it
-        # yields: one message per pass of a busy event loop let a backlog build up in
-        # Redis's output buffer, out of reach of the latest-wins queues.
+        # yields (one message per pass of a busy event loop let a backlog build up in
+        # Redis's output buffer), and it hands job frames to direct sockets itself.
         while True:
             try:
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    pushes: list[tuple[Push, Any]] = []
                     drained = 0
-                    while message is not None and drained < DRAIN_MAX:
-                        self._receive_message(message)
+                    while message is not None:
+                        self._route(message, pushes)
                         drained += 1
+                        if drained >= DRAIN_MAX:
+                            break
                         message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
-                    if message is not None:
-                        self._receive_message(message)
+                    await _push_all(pushes)
                 else:
                     await asyncio.sleep(0.1)
             except (TimeoutError, asyncio.CancelledError, GeneratorExit):
@@ -104,9 +126,7 @@ class JobStreamShardConnection(RedisSingleShardConnection):
                 logger.exception("Unexpected exception in receive task")
                 await asyncio.sleep(1)
 
-    def _receive_message(self, message: dict[str, Any] | None) -> None:
-        if message is None:
-            return
+    def _route(self, message: dict[str, Any], pushes: list[tuple[Push, Any]]) -> None:
         name = message["channel"]
         if isinstance(name, bytes):
             name = name.decode()
@@ -118,10 +138,23 @@ class JobStreamShardConnection(RedisSingleShardConnection):
         else:
             return
         decoded = layer.channel_layer.deserialize(message["data"])  # once, for every member
+        direct = isinstance(decoded, dict) and decoded.get("type") == "job.frame"
         for channel in targets:
+            push = _DIRECT.get(channel) if direct else None
+            if push is not None:
+                pushes.append((push, decoded))
+                continue
             queue = layer.channels.get(channel)
             if queue is not None:
                 queue.put_nowait(decoded)
+
+
+async def _push_all(pushes: list[tuple[Push, Any]]) -> None:
+    for push, message in pushes:
+        try:
+            await push(message)
+        except Exception:
+            logger.exception("A socket failed to take a job frame")
 
 
 class JobStreamLoopLayer(RedisPubSubLoopLayer):
