@@ -2,6 +2,8 @@
 
 Sockets pass Channels' AllowedHostsOriginValidator (a handshake with a foreign or no
 Origin gets 403) and the session/auth middleware, so they know their owner.
+Daphne's TCP writes go straight to the socket when nothing is buffered
+(notifications/transport.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from notifications import transport  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+
+transport.install()  # frames go to the kernel on write (notifications/transport.py)
 
 application = ProtocolTypeRouter(
     {
