@@ -56,7 +56,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ from bench.ws_clients import (  # noqa: E402
 
 WARMUP = 1.0  # seconds of ticks per job not counted, while the sockets open
 DEADLINE_SLACK = 30.0  # seconds past nominal before a run gives up on what is left (the run budget: 10 min)
+POLL_AFTER = 10.0  # seconds past the jobs' nominal end before the API is asked whether they ended
 GRACE_SECONDS = 10.0  # after the API shows every job terminal, for a backlog still draining to the sockets
 WATCHERS_PER_CLIENT = 500  # sockets per client process (at most one process per core)
 CONNECT_BUDGET = 120.0  # seconds for every socket to get its snapshot; then the jobs start anyway
@@ -196,6 +197,7 @@ class Delivery:
     out_of_order: int = 0  # frames with a seq not above the socket's previous one (a contract break)
     reporter_coalesced: int = 0
     unknown_windows: int = 0  # jobs whose window bounds had to be guessed (no frame at either edge)
+    by_tick: defaultdict[int, list[float]] = field(default_factory=lambda: defaultdict(list))  # tick -> latencies
 
 
 def _job_window(
@@ -264,6 +266,7 @@ def analyse(
                 if state == "running" and current is not None and current > warmup_ticks and first <= seq <= last:
                     seen.add(seq)
                     latencies.append(latency)
+                    delivery.by_tick[int(current)].append(latency)
             delivery.delivered += len(seen)
     return delivery, latencies
 
@@ -275,9 +278,18 @@ def _client_count(watchers: int) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(watchers / WATCHERS_PER_CLIENT)))
 
 
-def _submit_all(base_url: str, cookies: dict[str, str], csrf: str, count: int, params: dict[str, Any]) -> list[str]:
+def _submit_all(
+    base_url: str, cookies: dict[str, str], csrf: str, count: int, params: dict[str, Any], *, aligned: bool
+) -> list[str]:
+    """Job i ticks i/count of an interval after job 0 (independent jobs do not tick
+    in step), or every job at the same instant with `aligned` (the burst case)."""
+
+    def one(index: int) -> str:
+        phase = 0.0 if aligned else index / count
+        return submit_job(base_url, cookies, csrf, "ticker", {**params, "phase": phase})
+
     with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
-        return list(pool.map(lambda _: submit_job(base_url, cookies, csrf, "ticker", params), range(count)))
+        return list(pool.map(one, range(count)))
 
 
 def _start_worker(stack: Stack, concurrency: int) -> None:
@@ -300,7 +312,7 @@ def _meters(stack: Stack) -> dict[str, ProcessMeter]:
     return {name: ProcessMeter(pid) for name, pid in pids.items()}
 
 
-def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
+def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False) -> dict[str, Any]:
     """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
     reports = scenario.reports(warmup)
     warmup_ticks = scenario.warmup_ticks(warmup)
@@ -320,9 +332,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
             cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
 
             submit_started = time.time()
-            job_ids = _submit_all(
-                base_url, cookies, csrf, scenario.jobs, {"reports": reports, "rate_hz": scenario.rate_hz}
-            )
+            params = {"reports": reports, "rate_hz": scenario.rate_hz}
+            job_ids = _submit_all(base_url, cookies, csrf, scenario.jobs, params, aligned=aligned)
             submitted = time.time()
             sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
             client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
@@ -348,7 +359,11 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
             stop_at = deadline
-            next_poll = released + job_seconds
+            # The API is asked only once the jobs should long be over (the sockets
+            # closing after their terminal frames ends the run before that): a
+            # request for 100 jobs runs in daphne's thread pool and, while it holds
+            # the GIL, every frame of the measured window waited on it.
+            next_poll = released + job_seconds + POLL_AFTER
             all_terminal = False
             job_set = set(job_ids)
             while not all(client.poll_result() for client in clients):
@@ -406,6 +421,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
         "watchers": scenario.watchers,
         "jobs": scenario.jobs,
         "rate_hz": scenario.rate_hz,
+        "aligned": aligned,
         "seconds": scenario.seconds,
         "warmup_ticks": warmup_ticks,
         "reports_per_job": reports,
@@ -443,6 +459,9 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float) -> dict[str, Any]:
         "measured_s": round(finished - opened, 2),
         "close_codes": dict(Counter(str(w.close_code) for w in watchers)),
         "connect_errors": dict(Counter(w.error.split("(")[0] for w in watchers if w.error).most_common(3)),
+        "p99_ms_by_tick": {
+            tick: ms(percentile(values, 0.99)) for tick, values in sorted(delivery.by_tick.items()) if values
+        },
         "latencies_ms": [round(value, 3) for value in latencies],
     }
 
@@ -459,7 +478,9 @@ def print_run(figures: dict[str, Any]) -> None:
     layer = "pubsub layer, loop publisher" if f["mode"] == "ours" else "core layer, async_to_sync per update"
     print(f"\n== {f['scenario']} · {f['mode']} ({layer}) ==")
     print(
-        f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz; ticks 1-{f['warmup_ticks']} of each "
+        f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz, "
+        f"{'all in step' if f.get('aligned') else 'phases spread over the interval'}; "
+        f"ticks 1-{f['warmup_ticks']} of each "
         f"job are warm-up, not counted; {f['watchers']} watchers in {f['client_processes']} client process(es)"
     )
     print(
@@ -516,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=[s.name for s in SCENARIOS], help="run only this scenario")
     parser.add_argument("--mode", choices=["ours", "naive", "both"], default="both")
     parser.add_argument("--warmup", type=float, default=WARMUP, help="seconds of ticks per job not counted")
+    parser.add_argument(
+        "--aligned", action="store_true", help="every job ticks at the same instant (bursts), not spread out"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for figures and raw latencies")
     args = parser.parse_args(argv)
 
@@ -528,12 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for scenario in scenarios:
         for mode in modes:
-            figures = run_once(scenario, mode, warmup=args.warmup)
+            figures = run_once(scenario, mode, warmup=args.warmup, aligned=args.aligned)
             print_run(figures)
             runs.append(figures)
     print_table(runs)
     for figures in runs:
-        print(json.dumps({key: value for key, value in figures.items() if key != "latencies_ms"}))
+        print(json.dumps({k: v for k, v in figures.items() if k not in ("latencies_ms", "p99_ms_by_tick")}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(runs))
     print(f"raw latencies of {len(runs)} run(s) in {args.out}; total {time.monotonic() - started:.0f} s")

@@ -152,11 +152,13 @@ register(
 # --- ticker (benchmarks only) ----------------------------------------------------
 
 
-def run_ticker(report: Reporter, *, reports: int, rate_hz: float) -> dict[str, Any]:
+def run_ticker(report: Reporter, *, reports: int, rate_hz: float, phase: float = 0.0) -> dict[str, Any]:
     """Reports `reports` times at `rate_hz` on a fixed schedule (no drift): the load of
-    the streaming benchmarks. Each frame's `updated_at` is its send time."""
+    the streaming benchmarks. Each frame's `updated_at` is its send time. `phase`
+    shifts the schedule by that fraction of an interval, so jobs started together can
+    tick apart, as independent jobs do."""
     interval = 1.0 / rate_hz
-    started = time.monotonic()
+    started = time.monotonic() + phase * interval
     for tick in range(1, reports + 1):
         delay = started + tick * interval - time.monotonic()
         if delay > 0:
@@ -175,6 +177,7 @@ def register_bench_kinds() -> None:
             params=(
                 Param("reports", "Reports", 1, 100_000, default=100),
                 Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
+                Param("phase", "Phase (fraction of an interval)", 0, 1, default=0, integer=False),
             ),
             soft_time_limit=3600,
             time_limit=3660,
