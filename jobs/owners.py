@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from django.contrib.auth.signals import user_logged_in
@@ -50,14 +51,24 @@ def owner_from_request(request: HttpRequest) -> Owner:
 def owner_from_scope(scope: dict[str, Any]) -> Owner | None:
     """A socket's owner (sync: reading the session may query the database).
 
-    None for a visitor with no session token: they own no job yet.
+    None for a visitor with no session token: they own no job yet. The user comes from
+    `scope["user"]` when an auth middleware set it, else from the session here, in the
+    same trip to the database as the rest of the handshake.
     """
-    user = scope.get("user")
+    user = scope["user"] if "user" in scope else _user_from_session(scope.get("session"))
     if user is not None and user.is_authenticated:
         return Owner(user_id=user.pk, is_staff=user.is_staff)
     session = scope.get("session")
     token = session.get(SESSION_OWNER_KEY) if session is not None else None
     return Owner(token=token) if token else None
+
+
+def _user_from_session(session: Any) -> Any:
+    if session is None:
+        return None
+    from django.contrib.auth import get_user
+
+    return get_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
 
 
 @receiver(user_logged_in)

@@ -22,6 +22,7 @@ from jobs.models import Job
 from jobs.owners import Owner, owner_from_scope
 from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position, parse_job_id
 from jobs.services import job_cancel
+from notifications.db import socket_db
 from notifications.events import (
     JobPayload,
     LayerJobMessage,
@@ -113,8 +114,8 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         # Channels 4.2+ runs close_old_connections() in a worker thread before every
         # handler: a thread round trip per message, once most of daphne's cost per
         # frame sent and, when many sockets close together, per disconnect. Handlers
-        # here that touch the database go through database_sync_to_async, which
-        # cleans up connections itself, so none needs it.
+        # here that touch the database go through socket_db (notifications/db.py) or
+        # database_sync_to_async, which look after connections themselves.
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -197,7 +198,7 @@ class JobConsumer(JobStreamConsumer):
         # later one arrives as a frame with a higher seq. (Joining a group of a job that
         # turns out not to be visible costs nothing: disconnect leaves it.)
         await self.join(job_group(parsed))
-        snapshot = await database_sync_to_async(self._snapshot)()
+        snapshot = await socket_db(self._snapshot)
         if snapshot is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
@@ -227,11 +228,13 @@ class OwnerJobsConsumer(JobStreamConsumer):
     """`/ws/jobs/`: a snapshot of the owner's recent jobs, then every change to any of them."""
 
     async def start_stream(self) -> None:
-        self.owner = await database_sync_to_async(owner_from_scope)(self.scope)
+        # One trip to the database for the owner, a second one for the snapshot: the
+        # group to join before the snapshot is read depends on the owner.
+        self.owner = await socket_db(owner_from_scope, self.scope)
         payloads: list[JobPayload] = []
         if self.owner is not None:
             await self.join(owner_group(self.owner.key))
-            payloads = await database_sync_to_async(self._snapshot)()
+            payloads = await socket_db(self._snapshot)
         for payload in payloads:
             self.last_seq[payload["id"]] = payload["seq"]
         await self.send(text_data=encode({"type": "snapshot", "jobs": payloads}))

@@ -67,6 +67,16 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
     override.disable()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_socket_db(django_db_setup: None) -> Iterator[None]:
+    """The sockets' database thread keeps its connection (notifications/db.py); it is
+    closed before the test database is dropped, which PostgreSQL refuses while in use."""
+    yield
+    from notifications.db import close_connections
+
+    close_connections()
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisProcess) -> Iterator[Any]:
     import redis

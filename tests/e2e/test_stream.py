@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -125,3 +126,73 @@ async def test_websocket_handshake_from_foreign_origin_is_refused_with_403(
             pass
 
     assert refused.value.response.status_code == 403
+
+
+# --- signed-in owners: the consumer finds the user from the session ---------------------
+
+
+def _signed_in_session(username: str, secret_key: str) -> tuple[Any, str]:
+    """A user and the session id of a browser signed in as them, valid for the live
+    server (same database; the session hash is signed with the server's SECRET_KEY)."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client, override_settings
+
+    user = get_user_model().objects.create_user(username=username, password="pw-for-tests-only")
+    browser = Client()
+    with override_settings(SECRET_KEY=secret_key):
+        browser.force_login(user)
+    return user, browser.cookies["sessionid"].value
+
+
+@contextlib.asynccontextmanager
+async def _user_client(live_server: LiveServer, session_id: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=FRAME_TIMEOUT) as client:
+        # The domain the server's own cookies get, so a refreshed session cookie
+        # replaces this one instead of sitting beside it.
+        client.cookies.set("sessionid", session_id, domain=httpx.URL(live_server.url).host)
+        assert (await client.get("/")).status_code == 200  # sets the csrftoken cookie
+        yield client
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_signed_in_user_streams_own_jobs_and_not_another_users(
+    live_server: LiveServer, live_server_env: dict[str, str]
+) -> None:
+    from asgiref.sync import sync_to_async
+
+    secret_key = live_server_env["SECRET_KEY"]
+    alice, alice_session = await sync_to_async(_signed_in_session)("alice", secret_key)
+    _, bob_session = await sync_to_async(_signed_in_session)("bob", secret_key)
+    async with (
+        _user_client(live_server, alice_session) as alice_client,
+        _user_client(live_server, bob_session) as bob_client,
+    ):
+        job = await start_sleep_job(alice_client)
+
+        async with open_socket(live_server, alice_client, "/ws/jobs/") as socket:
+            snapshot = await next_frame(socket)
+        assert snapshot["type"] == "snapshot"
+        assert [listed["id"] for listed in snapshot["jobs"]] == [job["id"]]
+
+        async with open_socket(live_server, bob_client, "/ws/jobs/") as socket:
+            assert (await next_frame(socket))["jobs"] == []
+        async with open_socket(live_server, bob_client, f"/ws/jobs/{job['id']}/") as socket:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(socket.recv(), FRAME_TIMEOUT)
+            assert socket.close_code == 4404
+
+        # A password change ends the user's other sessions (Django's session hash):
+        # the socket no longer belongs to alice and her job does not exist for it.
+        await sync_to_async(_change_password)(alice, secret_key)
+        async with open_socket(live_server, alice_client, f"/ws/jobs/{job['id']}/") as socket:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(socket.recv(), FRAME_TIMEOUT)
+            assert socket.close_code == 4404
+
+
+def _change_password(user: Any, secret_key: str) -> None:
+    from django.test import override_settings
+
+    with override_settings(SECRET_KEY=secret_key):
+        user.set_password("another-pw-for-tests-only")
+        user.save()
