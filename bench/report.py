@@ -42,14 +42,16 @@ def fanout_section(runs: list[dict[str, Any]], img: Path) -> list[str]:
         "### Fan-out latency: worker report → websockets client",
         "",
         "| scenario | mode | frames expected | delivered | coalesced or lost | p50 ms | p95 ms | p99 ms | max ms "
-        "| daphne CPU s | worker CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wall over nominal | daphne CPU s | worker CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         lines.append(
-            f"| {run['scenario']} | {run['mode']} | {fmt(run['frames_expected'])} | {fmt(run['frames_delivered'])} "
+            f"| {run['scenario']}{' (in step)' if run.get('aligned') else ''} | {run['mode']} "
+            f"| {fmt(run['frames_expected'])} | {fmt(run['frames_delivered'])} "
             f"| {fmt(run['frames_lost'])} ({fmt(run['lost_pct'])} %) | {fmt(run['p50_ms'])} | {fmt(run['p95_ms'])} "
-            f"| {fmt(run['p99_ms'])} | {fmt(run['max_ms'])} | {fmt(run['daphne_cpu_s'])} | {fmt(run['worker_cpu_s'])} |"
+            f"| {fmt(run['p99_ms'])} | {fmt(run['max_ms'])} | {fmt(run['wall_over_pct'])} % "
+            f"| {fmt(run['daphne_cpu_s'])} | {fmt(run['worker_cpu_s'])} |"
         )
     ratios = []
     for scenario in dict.fromkeys(run["scenario"] for run in runs):
@@ -57,9 +59,61 @@ def fanout_section(runs: list[dict[str, Any]], img: Path) -> list[str]:
         if {"ours", "naive"} <= set(pair) and pair["naive"].get("p99_ms"):
             ratio = pair["ours"]["p99_ms"] / pair["naive"]["p99_ms"]
             ratios.append(f"- {scenario}: p99 ours / naive = {ratio:.2f}")
-    lines += ["", *ratios, "", "![fan-out latency, ours vs naive](img/fanout-latency.png)", ""]
+    lines += ["", *ratios, *_target_check(runs)]
+    lines += ["", "![fan-out latency, ours vs naive](img/fanout-latency.png)", ""]
+    lines += ["![p99 latency by tick, ours vs naive](img/fanout-over-time.png)", ""]
     _plot_fanout(runs, img / "fanout-latency.png")
+    _plot_over_time(runs, img / "fanout-over-time.png")
     return lines
+
+
+TARGET_SCENARIO = "1000w/100j@10Hz"  # issue 4's targets are set on this scenario
+
+
+def _target_check(runs: list[dict[str, Any]]) -> list[str]:
+    pair = {run["mode"]: run for run in runs if run["scenario"] == TARGET_SCENARIO and not run.get("aligned")}
+    ours, naive = pair.get("ours"), pair.get("naive")
+    if ours is None or ours.get("p99_ms") is None:
+        return []
+    checks = [
+        ("p50 ≤ 2 ms", ours["p50_ms"] <= 2, f"{fmt(ours['p50_ms'])} ms"),
+        ("p99 ≤ 10 ms", ours["p99_ms"] <= 10, f"{fmt(ours['p99_ms'])} ms"),
+        ("0 frames lost", ours["frames_lost"] == 0, fmt(ours["frames_lost"])),
+        ("wall within 5 % of nominal", ours["wall_over_pct"] <= 5, f"{fmt(ours['wall_over_pct'])} %"),
+    ]
+    if naive is not None and naive.get("p99_ms"):
+        ratio = ours["p99_ms"] / naive["p99_ms"]
+        checks.append(("p99 ≤ 0.25 of naive p99", ratio <= 0.25, f"{ratio:.3f}"))
+    return [
+        "",
+        f"Issue 4's targets at {TARGET_SCENARIO}, this run:",
+        "",
+        *(f"- {name}: {value} — {'met' if met else '**not met**'}" for name, met, value in checks),
+    ]
+
+
+def _plot_over_time(runs: list[dict[str, Any]], path: Path) -> None:
+    """p99 per tick: shows when in a run latency grows (start, steady state, the end)."""
+    scenarios = list(dict.fromkeys(run["scenario"] for run in runs))
+    figure, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.6), squeeze=False)
+    for axis, scenario in zip(axes[0], scenarios, strict=True):
+        for run in (r for r in runs if r["scenario"] == scenario):
+            by_tick = {int(tick): value for tick, value in (run.get("p99_ms_by_tick") or {}).items()}
+            if not by_tick:
+                continue
+            ticks = sorted(by_tick)
+            seconds = [tick / run["rate_hz"] for tick in ticks]
+            color = "#2563eb" if run["mode"] == "ours" else "#dc2626"
+            axis.plot(seconds, [by_tick[t] for t in ticks], label=run["mode"], color=color)
+        axis.set_yscale("log")
+        axis.set_title(scenario)
+        axis.set_xlabel("seconds into each job")
+        axis.set_ylabel("p99 latency of the tick, ms (log)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _plot_fanout(runs: list[dict[str, Any]], path: Path) -> None:

@@ -102,6 +102,11 @@ class Stack:
             "MEDIA_ROOT": str(self.workdir / "media"),
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            # One benchmark session owns hundreds of jobs and thousands of sockets: the
+            # per-owner quotas (0 = off) would refuse the load being measured.
+            "JOB_QUOTA_ACTIVE": "0",
+            "JOB_QUOTA_PER_MINUTE": "0",
+            "JOB_QUOTA_SOCKETS": "0",
             **self.extra_env,
         }
         for name in ("DJANGO_ALLOW_ASYNC_UNSAFE", "DJANGO_SETTINGS_MODULE"):
