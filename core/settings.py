@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -79,6 +80,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "core.context_processors.header_links",
             ],
         },
     },
@@ -140,6 +142,9 @@ WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "/media/"  # never served directly: results go through the owner check
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # a job request is small; DESIGN.md caps JSON at 64 KiB
+# The largest CSV a csv_import job takes (jobs/builtin_kinds.py): the web process reads
+# an upload whole to check it before a job exists, so this bounds that memory too.
+CSV_IMPORT_MAX_BYTES = env_int("CSV_IMPORT_MAX_BYTES", 5 * 1024 * 1024)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -182,7 +187,12 @@ CHANNEL_LAYERS = channel_layers_for(REDIS_URL)
 LONGEST_HARD_TIME_LIMIT = 2 * 60 * 60
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": LONGEST_HARD_TIME_LIMIT + 600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": LONGEST_HARD_TIME_LIMIT + 600,
+    # Without it kombu waits for the OS (minutes) to give up on an unreachable broker; a
+    # submit must answer at once, and the sweeper sends what could not go (jobs/services.py).
+    "socket_connect_timeout": 3,
+}
 CELERY_RESULT_EXPIRES = 24 * 60 * 60
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -196,6 +206,48 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_WORKER_POOL = os.environ.get("CELERY_WORKER_POOL", "prefork")
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 4)
 
+# --- Fault recovery: lost workers, lost dispatches (docs/architecture.md) ------------
+# A worker that dies with its job (SIGKILL, OOM, a lost host) leaves the row `running`.
+# If only the pool's child died, Celery hands the task back at once (acks_late +
+# reject_on_worker_lost) and the job restarts; if the whole worker died, its task is
+# redelivered only after visibility_timeout (above, over 2 h), so the sweeper (Celery
+# beat runs `jobs.sweep`) finds the job by its heartbeat and sends it again.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)  # runs of a job, lost workers included, before it fails
+JOB_HEARTBEAT_INTERVAL = float(os.environ.get("JOB_HEARTBEAT_INTERVAL", "5"))  # seconds between a job's heartbeats
+JOB_STALE_AFTER = float(os.environ.get("JOB_STALE_AFTER", "30"))  # seconds of silence before a job counts as lost
+JOB_SWEEP_INTERVAL = float(os.environ.get("JOB_SWEEP_INTERVAL", "15"))  # seconds between sweeps
+# Seconds a sent job may wait queued before the sweep looks for its message in the broker
+# (a Redis without persistence loses its queue when it restarts). A queued job normally
+# waits there for a free worker: the look costs a read of the queue, so only jobs
+# waiting this long are looked for (jobs/broker.py).
+JOB_REQUEUE_AFTER = float(os.environ.get("JOB_REQUEUE_AFTER", "60"))
+if JOB_MAX_ATTEMPTS < 1:
+    raise RuntimeError(f"JOB_MAX_ATTEMPTS must be 1 or more, not {JOB_MAX_ATTEMPTS}.")
+if JOB_HEARTBEAT_INTERVAL <= 0 or JOB_SWEEP_INTERVAL <= 0:
+    raise RuntimeError("JOB_HEARTBEAT_INTERVAL and JOB_SWEEP_INTERVAL must be above 0 seconds.")
+if not 0 < JOB_REQUEUE_AFTER < float("inf"):  # NaN too: it would make every sweep fail
+    raise RuntimeError(f"JOB_REQUEUE_AFTER must be a number of seconds above 0, not {JOB_REQUEUE_AFTER:g}.")
+if JOB_STALE_AFTER < 2 * JOB_HEARTBEAT_INTERVAL:
+    # One late heartbeat (a busy database, a pause of the process) must not fail a job.
+    raise RuntimeError(
+        f"JOB_STALE_AFTER ({JOB_STALE_AFTER:g} s) must be at least twice JOB_HEARTBEAT_INTERVAL "
+        f"({JOB_HEARTBEAT_INTERVAL:g} s): raise it or beat more often."
+    )
+CELERY_BEAT_SCHEDULE = {
+    "jobs.sweep": {
+        "task": "jobs.sweep",
+        "schedule": JOB_SWEEP_INTERVAL,
+        # A sweep still waiting for a worker when the next one is due is dropped, so
+        # sweeps never pile up behind busy or absent workers.
+        "options": {"expires": JOB_SWEEP_INTERVAL},
+    },
+    "jobs.purge_finished": {  # retention (JOB_RETENTION_DAYS): once a day, at a quiet hour
+        "task": "jobs.purge_finished",
+        "schedule": crontab(hour=3, minute=17),
+        "options": {"expires": 60 * 60},
+    },
+}
+
 # --- jobstream -------------------------------------------------------------------
 
 PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s per job
@@ -207,13 +259,86 @@ JOBSTREAM_BENCH_KINDS = env_bool("JOBSTREAM_BENCH_KINDS", False)  # registers th
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20
 
+# --- Quotas and retention --------------------------------------------------------
+# Per owner: a signed-in user, or an anonymous session (jobs/owners.py). 0 turns a quota
+# off; staff are exempt. Job quotas: jobs/quotas.py; the socket quota:
+# notifications/quotas.py.
+
+
+def env_count(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment; a bad value stops start-up naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise RuntimeError(f"{name} must be a whole number of 0 or more (0 turns it off), not {raw!r}.")
+    return int(raw)
+
+
+JOB_QUOTA_ACTIVE = env_count("JOB_QUOTA_ACTIVE", 10)  # jobs queued or running at once
+JOB_QUOTA_PER_MINUTE = env_count("JOB_QUOTA_PER_MINUTE", 30)  # jobs started in any 60 s: 429 + Retry-After
+JOB_QUOTA_SOCKETS = env_count("JOB_QUOTA_SOCKETS", 50)  # WebSockets open at once, over every daphne: close 4429
+# Finished jobs and their result files are purged this many days after they ended
+# (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
+JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)
+
+# --- Security (`manage.py check --deploy`) ------------------------------------------
+# Session cookie: HttpOnly, SameSite=Lax, Secure unless DEBUG (Auth and sessions above).
+# The CSRF cookie stays readable by the page's script, which echoes it in X-CSRFToken
+# (Django: HttpOnly on it adds no protection).
+CSRF_COOKIE_HTTPONLY = False
+CSRF_COOKIE_SAMESITE = "Lax"
+# TLS ends at the reverse proxy, which redirects HTTP to HTTPS and sends HSTS
+# (docs/deploy.md). Set these to make Django do it instead.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_count("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_REFERRER_POLICY = "same-origin"
+# Silenced only while the proxy does the job (above): W008 "SECURE_SSL_REDIRECT is not
+# True" and W004 "SECURE_HSTS_SECONDS is not set". Every other deploy check stays on.
+SILENCED_SYSTEM_CHECKS = [
+    *([] if SECURE_SSL_REDIRECT else ["security.W008"]),
+    *([] if SECURE_HSTS_SECONDS else ["security.W004"]),
+]
+
+# --- Streams that heal (docs/architecture.md) ----------------------------------------
+# Seconds a page lets an unfinished job go without a frame before it re-reads the job
+# over HTTP (jobs/static/jobs/jobstream.js): a frame lost in Redis then costs at most
+# this long, never a bar stuck for good. A kind that reports sends a frame at least
+# every second or so, so 15 s of silence is a lost frame or a very slow step; and one
+# GET per silent job every 15 s costs the server nothing.
+_stream_resync = os.environ.get("STREAM_RESYNC_SECONDS", "15")
+try:
+    STREAM_RESYNC_SECONDS = float(_stream_resync)
+except ValueError:
+    STREAM_RESYNC_SECONDS = float("nan")
+if not 0 < STREAM_RESYNC_SECONDS <= 3600:
+    raise RuntimeError(
+        f"STREAM_RESYNC_SECONDS must be a number of seconds above 0, at most 3600, not {_stream_resync!r}."
+    )
+
 # --- Logging ---------------------------------------------------------------------
+
+# Every line logged while a worker runs a job carries the job's id and kind
+# (core/log.py): ` [job=<id> kind=<kind>]` in the plain format, `job_id` and `job_kind`
+# fields in the JSON one (LOG_FORMAT=json, one object per line, for log collectors).
+LOG_FORMATS = ("plain", "json")
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in LOG_FORMATS:
+    raise RuntimeError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {LOG_FORMAT!r}.")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"job_context": {"()": "core.log.JobContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(job_context)s %(message)s"},
+        "json": {"()": "core.log.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["job_context"]},
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }

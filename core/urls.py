@@ -19,6 +19,7 @@ def api_not_found(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("", views.index, name="index"),
     path("jobs/<str:job_id>/", views.job_detail, name="job-detail"),
+    path("staff/jobs/", views.staff_jobs, name="staff-jobs"),
     path("api/jobs/<str:job_id>/events/", job_events, name="job-events"),
     path("api/", api.urls),
     re_path(r"^api/", api_not_found),

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import get_token
 from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
@@ -21,13 +22,19 @@ from ninja.security import APIKeyCookie
 
 from core.api_errors import errors_body, errors_response
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
-from jobs.kinds import ParamsInvalid, UnknownKind, kind_list
+from jobs.kinds import FileParam, ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.owners import Owner, owner_from_request
+from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
-from jobs.services import job_cancel, job_create
+from jobs.services import job_cancel, job_submit
 from notifications.events import job_payload
 
 MAX_PAGE_SIZE = 100
+MULTIPART = "multipart/form-data"
+# What a multipart body may hold beside its largest file: the fields kind and params
+# (DATA_UPLOAD_MAX_MEMORY_SIZE, 64 KiB, caps them) and the parts' headers.
+MULTIPART_OVERHEAD = 64 * 1024
+MULTIPART_FIELDS = ("kind", "params")
 
 # --- auth ------------------------------------------------------------------------
 
@@ -36,6 +43,11 @@ class SessionOwnerAuth(APIKeyCookie):
     """Every visitor is an owner: a user, or an anonymous session (created on first sight)."""
 
     param_name = settings.SESSION_COOKIE_NAME
+
+    def __call__(self, request: HttpRequest) -> Any:
+        # Before the CSRF check, which reads (and stores) the whole multipart body.
+        _refuse_oversized_upload(request)
+        return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Owner:
         if request.method in ("GET", "HEAD", "OPTIONS"):
@@ -56,6 +68,36 @@ api = NinjaAPI(
 )
 
 
+class UploadRefused(Exception):
+    """A multipart body refused before it is read; answered `status` naming `field`."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field, message
+
+
+def _largest_file_param() -> FileParam | None:
+    return max((p for kind in kind_list() for p in kind.file_params), key=lambda p: p.limit, default=None)
+
+
+def _refuse_oversized_upload(request: HttpRequest) -> None:
+    """Raises UploadRefused for a multipart body larger than any kind's file could make
+    it, or without a Content-Length (which Django's parser needs)."""
+    if request.method != "POST" or request.content_type != MULTIPART:
+        return
+    largest = _largest_file_param()
+    if largest is None:
+        return  # no kind takes a file: the view answers 415
+    try:
+        size = int(request.META.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        raise UploadRefused(400, "body", "Send multipart/form-data with a Content-Length header.") from None
+    if size > largest.limit + MULTIPART_OVERHEAD:
+        raise UploadRefused(
+            413, "file", f"The upload is {size_text(size)}; a file may be at most {largest.limit_text}."
+        )
+
+
 def _owner(request: HttpRequest) -> Owner:
     owner = request.auth  # type: ignore[attr-defined]
     assert isinstance(owner, Owner)
@@ -69,6 +111,30 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
         names = [str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path")]
         errors.setdefault(names[-1] if names else "request", []).append(str(error.get("msg", "Invalid value.")))
     return JsonResponse({"errors": errors}, status=400)
+
+
+@api.exception_handler(UploadRefused)
+def on_upload_refused(request: HttpRequest, exc: UploadRefused) -> HttpResponse:
+    return errors_response(exc.status, exc.field, exc.message)
+
+
+# The parse of a multipart body happens in the CSRF check (it looks for the token among
+# the fields), so its failures arrive here, not in the view.
+@api.exception_handler(MultiPartParserError)
+def on_multipart_error(request: HttpRequest, exc: MultiPartParserError) -> HttpResponse:
+    return errors_response(400, "body", f"Malformed multipart/form-data: {exc}.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_request_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 1024
+    return errors_response(413, "body", f"The fields of the body (files aside) are larger than {limit} KiB.")
+
+
+@api.exception_handler(TooManyFieldsSent)
+@api.exception_handler(TooManyFilesSent)
+def on_too_many_parts(request: HttpRequest, exc: Exception) -> HttpResponse:
+    return errors_response(400, "body", f"Too many fields or files: {exc}.")
 
 
 @api.exception_handler(HttpError)
@@ -120,6 +186,14 @@ class JobCreateIn(Schema):
     params: dict[str, Any] = Field(default_factory=dict, description="Fits the kind's JSON Schema.")
 
 
+class JobUploadIn(Schema):
+    kind: str = Field(..., description="A kind with a file parameter (`format: binary` in its schema).")
+    params: str = Field("{}", description="The other parameters, as a JSON object in a string.")
+    file: str = Field(
+        ..., json_schema_extra={"format": "binary"}, description="The file; named for the kind's file parameter."
+    )
+
+
 class JobPageOut(Schema):
     count: int
     next: str | None
@@ -165,19 +239,33 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
 
 @api.post(
     "/jobs/",
-    response={201: JobOut, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut},
+    response={201: JobOut, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut, 429: ErrorsOut},
+    exclude_unset=True,  # error_detail only for staff, as in the stream frames (DESIGN.md)
     summary="Start a job",
+    description="429 when the owner is over a quota (jobs at once, jobs per minute), with `Retry-After` in seconds. "
+    "A kind with a file parameter (csv_import) takes multipart/form-data: the fields kind, params (a JSON object "
+    "in a string) and the file; 413 when the file is over its limit.",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": JobCreateIn.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": JobCreateIn.model_json_schema()},
+                MULTIPART: {"schema": JobUploadIn.model_json_schema()},
+            },
         }
     },
 )
 def create_job(request: HttpRequest, response: HttpResponse) -> Status[dict[str, Any]]:
+    if request.content_type == MULTIPART:
+        return _create_job_from_upload(request, response)
     if request.content_type != "application/json":
         return Status(
-            415, errors_body("content_type", f"Send application/json, not {request.content_type or 'nothing'}.")
+            415,
+            errors_body(
+                "content_type",
+                f"Send application/json (multipart/form-data for a kind with a file), "
+                f"not {request.content_type or 'nothing'}.",
+            ),
         )
     try:
         raw = request.body
@@ -199,13 +287,68 @@ def create_job(request: HttpRequest, response: HttpResponse) -> Status[dict[str,
         errors["kind"] = ["This field is required."]
     if errors:
         return Status(400, {"errors": errors})
+    return _submit(request, response, kind=body["kind"], params=body.get("params", {}))
+
+
+def _create_job_from_upload(request: HttpRequest, response: HttpResponse) -> Status[dict[str, Any]]:
+    """POST /api/jobs/ as multipart/form-data: the fields kind and params (JSON), and the files."""
+    kind_name = request.POST.get("kind")
+    try:
+        kind = kind_get(kind_name)
+    except UnknownKind as exc:
+        if kind_name is None:
+            return Status(
+                415,
+                errors_body(
+                    "content_type",
+                    "multipart/form-data is taken only for a kind with a file parameter, named in the field 'kind'; "
+                    "other kinds take application/json.",
+                ),
+            )
+        return Status(400, errors_body("kind", str(exc)))
+    if not kind.file_params:
+        return Status(
+            415,
+            errors_body("content_type", f"Kind '{kind.name}' takes no file: send application/json, not {MULTIPART}."),
+        )
+    errors: dict[str, list[str]] = {
+        str(key): [f"Unknown field; send only {', '.join(MULTIPART_FIELDS)} and the file."]
+        for key in request.POST
+        if key not in MULTIPART_FIELDS
+    }
+    for key in (*MULTIPART_FIELDS, *request.FILES):
+        values = request.FILES.getlist(key) if key in request.FILES else request.POST.getlist(key)
+        if len(values) > 1:
+            errors[key] = [f"Send one '{key}', not {len(values)}."]
+    try:
+        params = json.loads(request.POST.get("params") or "{}", parse_constant=_reject_constant)
+    except ValueError as exc:
+        errors["params"] = [f"Malformed JSON: {exc}."]
+    except RecursionError:
+        errors["params"] = ["Malformed JSON: nested too deeply."]
+    if errors:
+        return Status(400, {"errors": errors})
+    return _submit(request, response, kind=kind.name, params=params, files=request.FILES.dict())
+
+
+def _submit(
+    request: HttpRequest,
+    response: HttpResponse,
+    *,
+    kind: Any,  # checked by job_submit: an unknown kind or a non-string is answered 400
+    params: object,
+    files: dict[str, Any] | None = None,
+) -> Status[dict[str, Any]]:
     owner = _owner(request)
     try:
-        job = job_create(owner=owner, kind=body["kind"], params=body.get("params", {}))
+        job = job_submit(owner=owner, kind=kind, params=params, files=files)
+    except QuotaExceeded as exc:
+        response["Retry-After"] = str(exc.retry_after)
+        return Status(429, errors_body("__all__", str(exc)))
     except UnknownKind as exc:
         return Status(400, errors_body("kind", str(exc)))
     except ParamsInvalid as exc:
-        return Status(400, {"errors": exc.errors})
+        return Status(exc.status, {"errors": exc.errors})
     response["Location"] = f"/api/jobs/{job.id}/"
     return Status(201, _job_out(job, owner))
 
@@ -214,7 +357,7 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-@api.get("/jobs/", response={200: JobPageOut, 400: ErrorsOut}, summary="My jobs, newest first")
+@api.get("/jobs/", response={200: JobPageOut, 400: ErrorsOut}, exclude_unset=True, summary="My jobs, newest first")
 def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> Status[dict[str, Any]]:
     owner = _owner(request)
     jobs = job_list_visible(owner=owner)
@@ -239,7 +382,7 @@ def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> Status[dict[str,
     )
 
 
-@api.get("/jobs/{job_id}/", response={200: JobOut, 404: ErrorsOut}, summary="One job")
+@api.get("/jobs/{job_id}/", response={200: JobOut, 404: ErrorsOut}, exclude_unset=True, summary="One job")
 def get_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
     owner = _owner(request)
     return _job_out(_visible_job_or_404(owner, job_id), owner)
@@ -248,6 +391,7 @@ def get_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
 @api.post(
     "/jobs/{job_id}/cancel/",
     response={202: JobOut, 404: ErrorsOut, 409: ErrorsOut},
+    exclude_unset=True,
     summary="Ask a job to stop",
 )
 def cancel_job(request: HttpRequest, job_id: str) -> Status[dict[str, Any]]:

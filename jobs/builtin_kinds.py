@@ -1,4 +1,4 @@
-"""The job kinds jobstream ships: sleep, primes, report.
+"""The job kinds jobstream ships: sleep, primes, report, csv_import, pipeline.
 
 Each is a plain function of a reporter and keyword parameters; `register` declares
 its parameters once (see jobs/kinds.py).
@@ -7,14 +7,29 @@ its parameters once (see jobs/kinds.py).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import random
+import statistics
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
+from jobs.contacts import (
+    CSV_ENCODING,
+    Contact,
+    ContactsFileInvalid,
+    contact_from_row,
+    contacts_file_check,
+    contacts_read,
+)
 from jobs.exceptions import JobError
-from jobs.kinds import JobKind, Param, Reporter, register
+from jobs.kinds import FileParam, JobKind, Param, Reporter, register
+from jobs.models import ImportedContact
+from jobs.steps import Step, Steps
+from jobs.uploads import UploadMissing, upload_job_id, upload_path
 
 # --- sleep -----------------------------------------------------------------------
 
@@ -183,3 +198,186 @@ def register_bench_kinds() -> None:
             time_limit=3660,
         )
     )
+
+
+# --- csv_import ------------------------------------------------------------------
+
+IMPORT_BATCH = 500  # rows per bulk_create and per progress report: short transactions, a report every few ms
+ERROR_REPORT_NAME = "errors.csv"
+
+
+def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
+    """Imports the contacts of an uploaded CSV (email, name, age): every valid row is
+    stored as an ImportedContact of this job, every problem goes to the error report
+    (`errors.csv`: line, column, error), the job's result file.
+
+    Safe to run twice: it starts by deleting the rows an earlier run of the job stored.
+    A cancelled or failed run keeps the rows it stored before it stopped.
+    """
+    try:
+        path = upload_path(file)
+    except UploadMissing:
+        raise JobError("The uploaded file is gone (purged, or not shared with this worker); upload it again.") from None
+    job_id = upload_job_id(file)
+    report(current=0, total=None, message="counting rows")
+    try:
+        with path.open(encoding=CSV_ENCODING, newline="") as handle:
+            _, rows = contacts_read(handle)
+            total = sum(1 for _ in rows)
+        ImportedContact.objects.filter(job_id=job_id).delete()
+        imported = errors = done = 0
+        report(current=0, total=total, message=f"importing {total:,} rows")
+        with (
+            path.open(encoding=CSV_ENCODING, newline="") as handle,
+            report.result_path(ERROR_REPORT_NAME).open("w", newline="", encoding="utf-8") as out,
+        ):
+            writer = csv.writer(out)
+            writer.writerow(["line", "column", "error"])
+            columns, rows = contacts_read(handle)
+            while batch := list(itertools.islice(rows, IMPORT_BATCH)):
+                valid: list[ImportedContact] = []
+                for line, fields in batch:
+                    row = contact_from_row(line, fields, columns)
+                    if isinstance(row, Contact):
+                        valid.append(
+                            ImportedContact(job_id=job_id, line=row.line, email=row.email, name=row.name, age=row.age)
+                        )
+                    else:
+                        errors += 1
+                        writer.writerows((error.line, error.column, error.error) for error in row)
+                # A line stored already (by a run taken for lost that came back) stays: same file, same row.
+                ImportedContact.objects.bulk_create(valid, ignore_conflicts=True)
+                imported += len(valid)
+                done += len(batch)
+                report(current=done, total=total, message=f"imported {imported:,} of {total:,} rows, {errors:,} errors")
+    except UnicodeDecodeError:
+        raise JobError("The file is not UTF-8 text; save it as CSV UTF-8 and upload it again.") from None
+    except ContactsFileInvalid as exc:
+        raise JobError(str(exc)) from None
+    return {"rows": total, "imported": imported, "errors": errors}
+
+
+register(
+    JobKind(
+        name="csv_import",
+        title="Import contacts (CSV)",
+        description="Imports a CSV of contacts with the columns email, name and age: valid rows are stored, "
+        "and every problem is listed by line and column in a downloadable error report.",
+        run=run_csv_import,
+        params=(
+            FileParam(
+                "file",
+                "CSV file",
+                max_bytes=5 * 1024 * 1024,
+                max_bytes_setting="CSV_IMPORT_MAX_BYTES",
+                content_types=("text/csv", "application/csv", "application/vnd.ms-excel", "text/plain"),
+                extensions=(".csv",),
+                help="UTF-8, with a header line naming the columns email, name, age.",
+                check=contacts_file_check,
+            ),
+        ),
+        soft_time_limit=600,
+        time_limit=660,
+    )
+)
+
+# --- pipeline --------------------------------------------------------------------
+
+PIPELINE_STEPS = (("generate", 1), ("transform", 4), ("summarize", 1))  # weights: their share of the time
+PIPELINE_CHUNKS = 20  # pieces of work (and reports) per step
+PIPELINE_LARGEST_START = 1_000_000  # numbers are drawn from 1 to this; their Collatz walks take up to 524 steps
+PIPELINE_HISTOGRAM_WIDTH = 25  # steps per histogram bucket of the summary file
+
+
+def collatz_steps(start: int) -> int:
+    """How many steps of n → n/2 (even) or 3n+1 (odd) take `start` to 1."""
+    steps, n = 0, start
+    while n != 1:
+        n = n >> 1 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps
+
+
+def _chunks(count: int) -> list[range]:
+    size = max(1, math.ceil(count / PIPELINE_CHUNKS))
+    return [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def run_pipeline(
+    report: Reporter, *, items: int, seed: int = 1, pause_ms: int = 0, fail_at_step: int | None = None
+) -> dict[str, Any]:
+    """Three steps over `items` numbers: generate them (seeded), transform each into its
+    Collatz walk length, summarize the lengths (result, and a histogram CSV). Each step
+    reports its own progress; `Steps` folds them into one bar that names the step."""
+    steps = Steps(report, PIPELINE_STEPS)
+    pause = pause_ms / 1000
+
+    def work(step: Step, number: int, verb: str, do: Callable[[range], None]) -> None:
+        pieces = _chunks(items)
+        for piece_number, piece in enumerate(pieces, start=1):
+            if fail_at_step == number and piece_number > len(pieces) // 2:
+                raise JobError("it failed on purpose, as asked by fail_at_step.")
+            do(piece)
+            if pause:
+                time.sleep(pause)  # the simulated wait of a step that calls out (pause_ms)
+            step(current=piece.stop, total=items, message=f"{verb} {piece.stop:,} of {items:,}")
+
+    rng = random.Random(seed)
+    numbers: list[int] = []
+    with steps.step("generate") as step:
+        work(step, 1, "drew", lambda piece: numbers.extend(rng.randint(1, PIPELINE_LARGEST_START) for _ in piece))
+
+    lengths: list[int] = []
+    with steps.step("transform") as step:
+        work(step, 2, "walked", lambda piece: lengths.extend(collatz_steps(numbers[i]) for i in piece))
+
+    histogram: Counter[int] = Counter()
+    with steps.step("summarize") as step:
+        work(step, 3, "counted", lambda piece: histogram.update(lengths[i] // PIPELINE_HISTOGRAM_WIDTH for i in piece))
+        longest = max(range(items), key=lengths.__getitem__)
+        with step.result_path("collatz-histogram.csv").open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["steps_from", "steps_to", "numbers"])
+            for bucket in sorted(histogram):
+                low = bucket * PIPELINE_HISTOGRAM_WIDTH
+                writer.writerow([low, low + PIPELINE_HISTOGRAM_WIDTH - 1, histogram[bucket]])
+    return {
+        "items": items,
+        "mean_steps": round(statistics.fmean(lengths), 3),
+        "median_steps": statistics.median_low(lengths),
+        "max_steps": lengths[longest],
+        "longest_start": numbers[longest],
+    }
+
+
+register(
+    JobKind(
+        name="pipeline",
+        title="Pipeline (3 steps)",
+        description="A multi-step job: generates numbers, walks each one's Collatz sequence, and summarizes the "
+        "walk lengths. The bar covers all three steps and names the one running.",
+        run=run_pipeline,
+        params=(
+            Param("items", "Numbers", 1, 1_000_000, default=50_000),
+            Param("seed", "Seed", 0, 2**31 - 1, default=1, help="The same seed draws the same numbers."),
+            Param(
+                "pause_ms",
+                "Pause per chunk (ms)",
+                0,
+                1000,
+                default=0,
+                help=f"A wait after each of the {PIPELINE_CHUNKS} chunks of every step, to watch the steps go by.",
+            ),
+            Param(
+                "fail_at_step",
+                "Fail at step",
+                1,
+                len(PIPELINE_STEPS),
+                required=False,
+                help="Optional: the step (1-3) that fails halfway, to see how a failing step looks.",
+            ),
+        ),
+        soft_time_limit=600,  # 3 steps x 20 pauses of at most 1 s, and a million walks
+        time_limit=660,
+    )
+)

@@ -19,9 +19,12 @@ class KindForm(forms.Form):
         field.choices = [(kind.name, kind.title) for kind in kind_list()]
 
 
-def params_form(kind: JobKind, data: Any = None) -> forms.Form:
-    """A form of the kind's parameters; field names carry the kind as prefix (`primes-limit`)."""
-    form = forms.Form(data=data, prefix=kind.name)
+def params_form(kind: JobKind, data: Any = None, files: Any = None) -> forms.Form:
+    """A form of the kind's parameters; field names carry the kind as prefix (`primes-limit`).
+
+    A file parameter is a file input (`csv_import-file`) with its limit in `data-max-bytes`.
+    """
+    form = forms.Form(data=data, files=files, prefix=kind.name)
     for param in kind.params:
         form.fields[param.name] = param.form_field()
     return form

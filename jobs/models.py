@@ -50,6 +50,14 @@ class Job(models.Model):
     celery_task_id = models.CharField(max_length=255, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # How many times a worker started the job: a job whose worker is lost runs again
+    # until JOB_MAX_ATTEMPTS. Also the fence of a run: a worker writes its progress and
+    # its end only while the row still carries its attempt, so a worker declared lost
+    # that comes back can never overwrite the run that replaced it.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # Refreshed by the worker running the job every JOB_HEARTBEAT_INTERVAL seconds; the
+    # sweeper takes a running job whose heartbeat is older than JOB_STALE_AFTER as lost.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -74,3 +82,22 @@ class Job(models.Model):
     def owner_key(self) -> str:
         """The owner as one string: `u.<user id>` or `s.<session token>`."""
         return f"u.{self.owner_user_id}" if self.owner_user_id else f"s.{self.owner_token}"
+
+
+class ImportedContact(models.Model):
+    """One valid row of a `csv_import` job's file; deleted with its job."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="imported_contacts")
+    line = models.PositiveIntegerField()  # where the row starts in the uploaded file (1 is the header)
+    email = models.EmailField(max_length=254)
+    name = models.CharField(max_length=200)
+    age = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["job", "line"]
+        # One row per line of a job's file: a rerun (or a worker taken for lost that
+        # comes back) writing a line again changes nothing (bulk_create ignores conflicts).
+        constraints = [models.UniqueConstraint(fields=["job", "line"], name="imported_contact_job_line")]
+
+    def __str__(self) -> str:
+        return f"{self.email} (line {self.line})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from jobs.models import Job, JobState
 from jobs.owners import Owner
@@ -44,3 +44,20 @@ def job_queue_position(*, job: Job) -> int | None:
         return None
     ahead = Job.objects.filter(state=JobState.QUEUED, created_at__lt=job.created_at).count()
     return ahead + 1
+
+
+STAFF_SNAPSHOT_SIZE = 500  # active jobs in the staff view's snapshot: a queue longer than this is an incident
+
+
+def job_list_active(*, limit: int = STAFF_SNAPSHOT_SIZE) -> list[Job]:
+    """Every queued and running job, oldest first (the order of the queue)."""
+    active = Job.objects.filter(state__in=[JobState.QUEUED, JobState.RUNNING])
+    return list(active.order_by("created_at")[:limit])
+
+
+def job_count_by_state() -> dict[str, int]:
+    """How many jobs are in each state (every state named, zeros included)."""
+    counts = dict.fromkeys(JobState.values, 0)
+    for row in Job.objects.values("state").annotate(n=Count("id")):
+        counts[row["state"]] = row["n"]
+    return counts

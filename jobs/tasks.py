@@ -1,15 +1,56 @@
-"""The one Celery task: it runs any kind of job. All the work is in jobs.services."""
+"""The Celery tasks: run a job, sweep for lost ones, purge old ones. All the work is in jobs.services."""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 
-from jobs.services import job_run
+from jobs.services import (
+    job_purge_finished,
+    job_redispatch_undispatched,
+    job_resend_lost,
+    job_run,
+    job_sweep_stale,
+)
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="jobs.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self: Any, job_id: str) -> None:
-    job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id)
+    # The broker flags a message it hands out again because the worker that took it
+    # died before acknowledging it (reject_on_worker_lost, or the visibility timeout).
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id, redelivered=redelivered)
+
+
+@shared_task(name="jobs.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Run by Celery beat every JOB_SWEEP_INTERVAL s: jobs whose worker was lost, jobs
+    never sent, jobs whose message the broker lost."""
+    stale = job_sweep_stale()
+    sent = job_redispatch_undispatched()
+    resent = job_resend_lost()
+    return {
+        "requeued": stale.requeued,
+        "failed": stale.failed,
+        "cancelled": stale.cancelled,
+        "redispatched": sent,
+        "resent": resent,
+    }
+
+
+@shared_task(name="jobs.purge_finished", ignore_result=True)
+def purge_finished() -> dict[str, int]:
+    """Retention: deletes jobs that ended over JOB_RETENTION_DAYS ago, with their files (0 keeps them)."""
+    days = settings.JOB_RETENTION_DAYS
+    if not days:
+        logger.info("purge: JOB_RETENTION_DAYS is 0, finished jobs are kept")
+        return {"jobs": 0, "directories": 0}
+    report = job_purge_finished(older_than=timedelta(days=days))
+    return {"jobs": report.jobs, "directories": report.directories}

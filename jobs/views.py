@@ -9,9 +9,11 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from jobs.forms import KindForm, params_form
 from jobs.kinds import ParamsInvalid, kind_get, kind_list
+from jobs.models import JobState
 from jobs.owners import owner_from_request
+from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position
-from jobs.services import job_create
+from jobs.services import job_submit
 from notifications.events import job_payload
 
 
@@ -19,23 +21,36 @@ from notifications.events import job_payload
 def index(request: HttpRequest) -> HttpResponse:
     owner = owner_from_request(request)  # the first visit creates the anonymous owner
     kind_form = KindForm(request.POST or None)
-    forms = {kind.name: params_form(kind, request.POST if request.method == "POST" else None) for kind in kind_list()}
+    posted = request.method == "POST"
+    forms = {
+        kind.name: params_form(kind, request.POST if posted else None, request.FILES if posted else None)
+        for kind in kind_list()
+    }
     status = 200
+    retry_after: int | None = None
     if request.method == "POST":
         if kind_form.is_valid():
             kind = kind_get(kind_form.cleaned_data["kind"])
             form = forms[kind.name]
             if form.is_valid():
+                uploads = {param.name for param in kind.file_params}
+                params = {name: value for name, value in form.cleaned_data.items() if name not in uploads}
+                files = {name: value for name, value in form.cleaned_data.items() if name in uploads}
                 try:
-                    job = job_create(owner=owner, kind=kind.name, params=form.cleaned_data)
+                    job = job_submit(owner=owner, kind=kind.name, params=params, files=files)
+                except QuotaExceeded as exc:
+                    kind_form.add_error(None, str(exc))
+                    retry_after = exc.retry_after
                 except ParamsInvalid as exc:
                     for field, messages in exc.errors.items():
                         for message in messages:
                             form.add_error(field if field in form.fields else None, message)
                 else:
                     return redirect(f"/#job-{job.id}")
-        status = 400
-    selected = kind_form.data.get("kind") if kind_form.is_bound else kind_list()[0].name
+        status = 400 if retry_after is None else 429
+    # A first visit starts on a kind that runs as it is (no file to choose first).
+    startable = [kind.name for kind in kind_list() if not kind.file_params] or [kind_list()[0].name]
+    selected = kind_form.data.get("kind") if kind_form.is_bound else startable[0]
     jobs = [
         job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
         for job in job_list_recent_for_owner(owner=owner)
@@ -47,7 +62,10 @@ def index(request: HttpRequest) -> HttpResponse:
         "jobs": jobs,
         "flower_url": settings.FLOWER_URL,
     }
-    return render(request, "jobs/index.html", context, status=status)
+    response = render(request, "jobs/index.html", context, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 @ensure_csrf_cookie
@@ -58,3 +76,12 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
         raise Http404("No job with this id.")
     payload = job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
     return render(request, "jobs/detail.html", {"job": payload, "flower_url": settings.FLOWER_URL})
+
+
+def staff_jobs(request: HttpRequest) -> HttpResponse:
+    """The staff live view: every queued and running job (fed by `/ws/staff/jobs/`)."""
+    if not request.user.is_authenticated:
+        return redirect(f"{settings.LOGIN_URL}?next={request.path}")
+    if not request.user.is_staff:
+        raise Http404("No such page.")  # for anyone but staff the page does not exist
+    return render(request, "jobs/staff.html", {"states": JobState.choices})

@@ -7,6 +7,7 @@ whose `seq` is not above the last one it sent for that job.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,9 +19,16 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
-from jobs.models import Job
+from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner, owner_from_scope
-from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position, parse_job_id
+from jobs.selectors import (
+    job_count_by_state,
+    job_get_visible,
+    job_list_active,
+    job_list_recent_for_owner,
+    job_queue_position,
+    parse_job_id,
+)
 from jobs.services import job_cancel
 from notifications.db import socket_db
 from notifications.events import (
@@ -31,8 +39,9 @@ from notifications.events import (
     job_frame_text,
     job_payload,
 )
-from notifications.groups import job_group, owner_group
-from notifications.layers import deliver_directly, stop_direct
+from notifications.groups import job_group, owner_group, staff_group
+from notifications.layers import SharedReads, deliver_directly, stop_direct, subscriber_reconnects
+from notifications.quotas import socket_slot_acquire, socket_slot_release
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
+CLOSE_OVER_QUOTA = 4429  # DESIGN.md: a socket over the owner's quota (notifications/quotas.py)
 
 
 class JobStreamConsumer(AsyncWebsocketConsumer):
@@ -60,6 +70,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         self.tokens_at = time.monotonic()
         self.owner = None
         self.closed = False
+        self.reconnects_at_join = subscriber_reconnects()  # see go_direct
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
@@ -67,6 +78,13 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
 
     async def start_stream(self) -> None:
         raise NotImplementedError
+
+    async def admit(self) -> bool:
+        """Takes one of the owner's socket slots; when none is free, closes 4429 and says False."""
+        if await socket_slot_acquire(owner=self.owner, socket_id=self.channel_name):
+            return True
+        await self.close(code=CLOSE_OVER_QUOTA)
+        return False
 
     async def join(self, group: str) -> None:
         assert self.channel_layer is not None
@@ -77,7 +95,34 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         """Called once the snapshot is sent: later job frames come straight from the
         layer's subscriber (notifications/layers.py), not through this consumer's
         queue and dispatch loop. Frames already queued still pass the seq filter."""
-        deliver_directly(self.channel_name, self.push)
+        deliver_directly(self.channel_name, self.push, self.resync)
+        if subscriber_reconnects() != self.reconnects_at_join:
+            # The layer lost Redis after this socket joined its groups and resynced the
+            # direct sockets before this one was among them: catch up on our own.
+            self.resync_task = asyncio.ensure_future(self.resync(SharedReads()))
+
+    # --- healing after Redis came back (notifications/layers.py) --------------------
+
+    async def resync(self, reads: SharedReads) -> None:
+        """Frames published while the layer was away from Redis are lost: re-read the
+        snapshot (one read per job or owner, shared with the process's other sockets)
+        and send each job whose seq is above the last one sent."""
+        if self.closed:
+            return
+        for payload, terminal in await self.resync_read(reads):
+            message: LayerJobMessage = {
+                "type": "job.frame",
+                "job_id": payload["id"],
+                "seq": payload["seq"],
+                "terminal": terminal,
+                "text": job_frame_text(payload),
+            }
+            await self.job_frame(message)
+
+    async def resync_read(self, reads: SharedReads) -> list[tuple[JobPayload, bool]]:
+        """The jobs this socket's snapshot would show now, with whether each is terminal,
+        read through `reads`. A socket class that does not say re-reads nothing."""
+        return []
 
     async def push(self, message: LayerJobMessage) -> None:
         if not self.closed:
@@ -98,6 +143,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self.closed = True
         stop_direct(self.channel_name)
+        await socket_slot_release(owner=self.owner, socket_id=self.channel_name)
         if self.channel_layer is None:
             return
         for group in self.groups_joined:
@@ -150,7 +196,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data or "")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deeper than the parser goes
             await self.send_error("Malformed JSON.")
             return
         if not isinstance(frame, dict) or frame.get("type") != "cancel":
@@ -203,6 +249,8 @@ class JobConsumer(JobStreamConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         payload, terminal = snapshot
+        if not terminal and not await self.admit():  # a finished job's socket closes at once
+            return
         self.last_seq[self.job_id] = payload["seq"]
         await self.send(text_data=job_frame_text(payload))
         if terminal:
@@ -220,6 +268,16 @@ class JobConsumer(JobStreamConsumer):
         if event["terminal"]:
             await self.close(code=CLOSE_NORMAL)
 
+    async def resync_read(self, reads: SharedReads) -> list[tuple[JobPayload, bool]]:
+        # By id alone: visibility was settled at connect. Keyed by staff, whose JSON differs.
+        staff = bool(self.owner and self.owner.is_staff)
+        found = await reads.get(("job", self.job_id, staff), lambda: socket_db(self._resync_job))
+        return [] if found is None else [found]
+
+    def _resync_job(self) -> tuple[JobPayload, bool] | None:
+        job = Job.objects.filter(pk=self.job_id).first()
+        return None if job is None else (self.payload(job), job.is_terminal)
+
     async def on_cancel(self, frame: dict[str, Any]) -> None:
         await self.cancel(self.job_id)
 
@@ -232,6 +290,8 @@ class OwnerJobsConsumer(JobStreamConsumer):
         # group to join before the snapshot is read depends on the owner.
         self.owner = await socket_db(owner_from_scope, self.scope)
         payloads: list[JobPayload] = []
+        if not await self.admit():
+            return
         if self.owner is not None:
             await self.join(owner_group(self.owner.key))
             payloads = await socket_db(self._snapshot)
@@ -243,6 +303,55 @@ class OwnerJobsConsumer(JobStreamConsumer):
     def _snapshot(self) -> list[JobPayload]:
         assert self.owner is not None
         return [self.payload(job) for job in job_list_recent_for_owner(owner=self.owner)]
+
+    async def resync_read(self, reads: SharedReads) -> list[tuple[JobPayload, bool]]:
+        if self.owner is None:
+            return []
+        key = ("owner", self.owner.key, self.owner.is_staff)
+        payloads = await reads.get(key, lambda: socket_db(self._snapshot))
+        return [(payload, payload["state"] in TERMINAL_STATES) for payload in reversed(payloads)]  # oldest first
+
+    async def on_cancel(self, frame: dict[str, Any]) -> None:
+        if "id" not in frame:
+            await self.send_error("A cancel frame on this socket needs the job's id.")
+            return
+        await self.cancel(frame["id"])
+
+
+class UnknownPathConsumer(AsyncWebsocketConsumer):
+    """Any other socket path (`/ws/jobs/x/y/`, an id over 100 characters, `/ws/nothing/`):
+    accepted, then closed 4404 like an unknown job. Unrouted, it failed the handshake with
+    a 500 and a traceback in the log."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)
+
+
+class StaffJobsConsumer(JobStreamConsumer):
+    """`/ws/staff/jobs/`: every queued and running job and the counts per state, then
+    every change to any job (the staff group). For anyone but staff it does not exist."""
+
+    async def start_stream(self) -> None:
+        self.owner = await socket_db(owner_from_scope, self.scope)
+        if self.owner is None or not self.owner.is_staff:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.join(staff_group())
+        payloads, counts = await socket_db(self._snapshot)
+        for payload in payloads:
+            self.last_seq[payload["id"]] = payload["seq"]
+        await self.send(text_data=encode({"type": "snapshot", "jobs": payloads, "counts": counts}))
+        self.go_direct()
+
+    def _snapshot(self) -> tuple[list[JobPayload], dict[str, int]]:
+        active = job_list_active()
+        queued = [job for job in active if job.state == JobState.QUEUED]
+        # One count for the whole line: the snapshot is oldest first, so a job's place
+        # is the number of queued jobs created before it, plus one.
+        ahead = {job.id: index + 1 for index, job in enumerate(queued)}
+        payloads = [job_payload(job, staff=True, queue_position=ahead.get(job.id)) for job in active]
+        return payloads, job_count_by_state()
 
     async def on_cancel(self, frame: dict[str, Any]) -> None:
         if "id" not in frame:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from jobs.models import Job, JobState
 
@@ -49,6 +49,7 @@ class JobFrame(TypedDict):
 class SnapshotFrame(TypedDict):
     type: Literal["snapshot"]
     jobs: list[JobPayload]
+    counts: NotRequired[dict[str, int]]  # the staff stream only: jobs per state
 
 
 class ErrorFrame(TypedDict):

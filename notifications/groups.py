@@ -24,3 +24,10 @@ def job_group(job_id: uuid.UUID | str) -> str:
 def owner_group(owner_key: str) -> str:
     """`owner_key` is `Owner.key` / `Job.owner_key`: `u.<id>` or `s.<token>`."""
     return _checked(f"owner.{owner_key}")
+
+
+STAFF_GROUP = "jobs.staff"  # every job's frames, for the staff live view
+
+
+def staff_group() -> str:
+    return _checked(STAFF_GROUP)

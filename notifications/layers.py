@@ -15,6 +15,12 @@ pinned in requirements.txt; these classes lean on its internals):
   (a new task and an `asyncio.wait` per message) was most of daphne's cost per frame.
 - `publish_group_messages` sends many group messages in one pipelined round trip per
   shard, each serialized once for all its groups (used by notifications/publish.py).
+- Streams heal after Redis comes back (docs/architecture.md, "Streams that heal").
+  redis-py re-subscribes a pub/sub connection when it reconnects, but whatever was
+  published meanwhile is gone: the subscriber then asks every direct socket of the
+  process to re-read its snapshot (`resync`), sharing one read per job. The
+  subscriber retries a lost connection every RECONNECT_DELAY_MAX at most, and
+  subscriptions that could not be dropped while Redis was away go once it is back.
 """
 
 from __future__ import annotations
@@ -22,29 +28,80 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _consistent_hash, _wrap_close, create_pool
 from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
 CONSUMER_QUEUE_LIMIT = 16  # messages waiting per socket; past it the oldest progress frame goes
 BEHIND = 4  # waiting messages from which a socket counts as behind and progress frames coalesce
 DRAIN_MAX = 1000  # messages taken from the subscriber socket per pass of the event loop
+# Seconds between attempts to reach Redis again: doubling from the first to the cap.
+# Sockets must show the true state within 5 s of Redis's return (issue 5), and an
+# attempt costs one refused connect, so the cap stays at a second.
+RECONNECT_DELAY_FIRST = 0.05
+RECONNECT_DELAY_MAX = 1.0
 
-
+T = TypeVar("T")
 Push = Callable[[Any], Awaitable[None]]
 
-# Sockets of this process fed straight from the subscriber: channel name -> push.
-_DIRECT: dict[str, Push] = {}
+
+class SharedReads:
+    """One resync pass: each read (by key) runs once, and every socket asking for the
+    same key shares its result, so a thousand sockets on one job cost one query."""
+
+    def __init__(self) -> None:
+        self._reads: dict[Hashable, asyncio.Future[Any]] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self._reads)
+
+    async def get(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        future = self._reads.get(key)
+        if future is None:
+            future = asyncio.ensure_future(read())
+            self._reads[key] = future
+        # shield: one socket going away mid-read must not cancel the others' read.
+        result: T = await asyncio.shield(future)
+        return result
 
 
-def deliver_directly(channel_name: str, push: Push) -> None:
-    """From now on job frames for `channel_name` go to `push`, awaited by the subscriber."""
-    _DIRECT[channel_name] = push
+Resync = Callable[[SharedReads], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DirectSocket:
+    push: Push
+    resync: Resync | None
+
+
+# Sockets of this process fed straight from the subscriber: channel name -> socket.
+_DIRECT: dict[str, DirectSocket] = {}
+
+# How many times a subscriber connection of this process came back after losing
+# Redis. A socket that joined its groups before a reconnect and went direct after it
+# missed the resync pass, and resyncs itself (see JobStreamConsumer.go_direct).
+_reconnects = 0
+
+
+def subscriber_reconnects() -> int:
+    return _reconnects
+
+
+def deliver_directly(channel_name: str, push: Push, resync: Resync | None = None) -> None:
+    """From now on job frames for `channel_name` go to `push`, awaited by the subscriber;
+    after a reconnect to Redis the layer awaits `resync` to re-read what was missed."""
+    _DIRECT[channel_name] = DirectSocket(push, resync)
 
 
 def stop_direct(channel_name: str) -> None:
@@ -100,15 +157,90 @@ class LatestWinsQueue(asyncio.Queue[Any]):
             logger.warning("a slow socket fell behind: %d stale frames dropped so far", LatestWinsQueue.dropped)
 
 
+async def resync_direct_sockets() -> None:
+    """Every direct socket of this process re-reads its snapshot and sends what is newer."""
+    resyncs = [socket.resync for socket in list(_DIRECT.values()) if socket.resync is not None]
+    reads = SharedReads()
+    results = await asyncio.gather(*(resync(reads) for resync in resyncs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            logger.error("a socket failed to resync after Redis came back", exc_info=result)
+    logger.info("resynced %d socket(s) after Redis came back: %d database read(s)", len(resyncs), reads.count)
+
+
+class ResubscribingPubSub(PubSub):
+    """redis-py's PubSub, telling its shard each time it re-subscribed on a new connection."""
+
+    def __init__(self, *args: Any, on_resubscribed: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_resubscribed = on_resubscribed
+
+    async def on_connect(self, connection: Connection) -> None:
+        # redis-py calls this on every connect but the first (the callback is
+        # registered after it), after which it has re-sent SUBSCRIBE for every
+        # channel: a PUBLISH that Redis handles from now on reaches us, and one from
+        # before is lost but already in the database. So a read from now on is whole.
+        await super().on_connect(connection)
+        self.on_resubscribed()
+
+
 class JobStreamShardConnection(RedisSingleShardConnection):
+    _resync_task: asyncio.Task[None] | None = None
+    _resync_wanted = False
+
+    def _ensure_redis(self) -> None:
+        if self._redis is None:  # type: ignore[has-type]
+            pool = create_pool(self.host)
+            self._redis = aioredis.Redis(connection_pool=pool)
+            self._pubsub = ResubscribingPubSub(pool, on_resubscribed=self._resubscribed)
+
+    def _resubscribed(self) -> None:
+        global _reconnects
+        _reconnects += 1
+        logger.warning("the subscriber is back on Redis (%s): re-subscribed, resyncing sockets", self.host)
+        self._resync_wanted = True
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self._after_reconnect())
+
+    async def _after_reconnect(self) -> None:
+        while self._resync_wanted:  # a reconnect during a pass may have lost more: read again
+            self._resync_wanted = False
+            await resync_direct_sockets()
+        await self._drop_stale_subscriptions()
+
+    async def _drop_stale_subscriptions(self) -> None:
+        """Unsubscribes channels whose last member left while Redis was away: that
+        UNSUBSCRIBE was lost, and redis-py re-subscribed them on reconnect."""
+        layer = self.channel_layer
+        for raw in list(self._pubsub.channels):
+            channel = raw.decode() if isinstance(raw, bytes) else raw
+            async with self._lock:
+                # Checked under the lock: a group_add of this very group waits for it,
+                # then finds the channel unsubscribed and subscribes it again.
+                if channel in layer.channels or channel in layer.groups:
+                    continue
+                try:
+                    await self._pubsub.unsubscribe(channel)
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    return  # Redis went away again: the next reconnect retries
+                self._subscribed_to.discard(channel)
+
     async def _do_receiving(self) -> None:
         # As the stock loop, but it takes every message already buffered before it
         # yields (one message per pass of a busy event loop let a backlog build up in
         # Redis's output buffer), and it hands job frames to direct sockets itself.
+        # A lost Redis is retried every RECONNECT_DELAY_MAX at most and logged once,
+        # not with a traceback a second. (The stock loop also ended for good on a
+        # TimeoutError, a leftover of asyncio.TimeoutError, which is TimeoutError now.)
+        delay = RECONNECT_DELAY_FIRST
+        lost = False
         while True:
             try:
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    if lost:
+                        logger.warning("the subscriber reached Redis again (%s)", self.host)
+                        lost, delay = False, RECONNECT_DELAY_FIRST
                     pushes: list[tuple[Push, Any]] = []
                     drained = 0
                     while message is not None:
@@ -120,11 +252,17 @@ class JobStreamShardConnection(RedisSingleShardConnection):
                     await _push_all(pushes)
                 else:
                     await asyncio.sleep(0.1)
-            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+            except (asyncio.CancelledError, GeneratorExit):
                 raise
-            except BaseException:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if not lost:
+                    logger.warning("the subscriber lost Redis (%s): %r; retrying", self.host, exc)
+                    lost = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+            except Exception:
                 logger.exception("Unexpected exception in receive task")
-                await asyncio.sleep(1)
+                await asyncio.sleep(RECONNECT_DELAY_MAX)
 
     def _route(self, message: dict[str, Any], pushes: list[tuple[Push, Any]]) -> None:
         name = message["channel"]
@@ -140,9 +278,9 @@ class JobStreamShardConnection(RedisSingleShardConnection):
         decoded = layer.channel_layer.deserialize(message["data"])  # once, for every member
         direct = isinstance(decoded, dict) and decoded.get("type") == "job.frame"
         for channel in targets:
-            push = _DIRECT.get(channel) if direct else None
-            if push is not None:
-                pushes.append((push, decoded))
+            socket = _DIRECT.get(channel) if direct else None
+            if socket is not None:
+                pushes.append((socket.push, decoded))
                 continue
             queue = layer.channels.get(channel)
             if queue is not None:
@@ -183,6 +321,14 @@ class JobStreamLoopLayer(RedisPubSubLoopLayer):
                 except BaseException:
                     logger.exception("Unexpected exception while cleaning-up channel:")
             raise
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        try:
+            await super().group_discard(group, channel)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # The member is gone from the group here; the Redis subscription goes once
+            # Redis is back (JobStreamShardConnection._drop_stale_subscriptions).
+            logger.warning("leaving group %s while Redis is away (%r): unsubscribing later", group, exc)
 
 
 class JobStreamChannelLayer(RedisPubSubChannelLayer):

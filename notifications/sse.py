@@ -28,6 +28,7 @@ from notifications.groups import job_group
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 RESYNC_EVERY = 4  # keep-alives between database re-reads (about a minute)
+LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
 def _event(seq: int, job_json: str) -> bytes:
@@ -49,8 +50,13 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     if job is None:
         return errors_response(404, "id", "No job with this id.")
     raw_last = request.headers.get("Last-Event-ID", "").strip()
-    if raw_last and not raw_last.isdigit():
-        return errors_response(400, "Last-Event-ID", "Must be a whole number: the seq of the last event seen.")
+    # ASCII digits only ("²" passes isdigit() and fails int()), and few enough for int().
+    if raw_last and not (raw_last.isascii() and raw_last.isdigit() and len(raw_last) <= LAST_EVENT_ID_DIGITS):
+        return errors_response(
+            400,
+            "Last-Event-ID",
+            f"Must be a whole number of at most {LAST_EVENT_ID_DIGITS} digits: the seq of the last event seen.",
+        )
     last_seq = int(raw_last) if raw_last else -1
     response = StreamingHttpResponse(
         _stream(job.id, last_seq=last_seq, staff=owner.is_staff), content_type="text/event-stream"

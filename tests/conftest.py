@@ -68,13 +68,30 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_socket_db(django_db_setup: None) -> Iterator[None]:
+def _close_socket_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """The sockets' database thread keeps its connection (notifications/db.py); it is
     closed before the test database is dropped, which PostgreSQL refuses while in use."""
     yield
     from notifications.db import close_connections
 
     close_connections()
+    with django_db_blocker.unblock():
+        _end_other_sessions_on_the_test_database()
+
+
+def _end_other_sessions_on_the_test_database() -> None:
+    """PostgreSQL: ends what other threads of this process still hold open on the test
+    database (the heartbeat threads of jobs/heartbeat.py keep theirs for the process's
+    life, as do executor threads), or dropping it fails and leaves it behind."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("migrate", "web", "worker", "flower")
-LONG_RUNNING_APP_SERVICES = ("web", "worker", "flower")
+APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
+LONG_RUNNING_APP_SERVICES = ("web", "worker", "beat", "flower")
 CLIENT_TIMEOUT = 60  # seconds; `config` parses locally, it never talks to an engine
 
 
@@ -139,6 +139,13 @@ def test_long_running_service_has_its_healthcheck(name: str, expected: str) -> N
     assert expected in healthcheck_test(name)
 
 
+def test_beat_has_no_healthcheck_and_restarts_when_it_dies() -> None:
+    # Beat answers no ping: a healthcheck could only guess. A beat that dies exits the
+    # container, and the restart policy brings it back.
+    assert "healthcheck" not in service("beat")
+    assert service("beat")["restart"] == "unless-stopped"
+
+
 def test_web_healthcheck_does_not_depend_on_a_worker() -> None:
     # /healthz answers 503 while no worker answers a ping: web would never turn healthy
     # on its own, and anything waiting for it would wait on the worker too.
@@ -155,7 +162,7 @@ def test_worker_healthcheck_pings_this_container_with_a_timeout() -> None:
 # --- start order -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["web", "worker"])
+@pytest.mark.parametrize("name", ["web", "worker", "beat"])
 def test_app_waits_for_healthy_redis_and_postgres_and_a_finished_migrate(name: str) -> None:
     assert depends_on_conditions(name) == {
         "redis": "service_healthy",
@@ -192,6 +199,23 @@ def test_worker_pool_and_concurrency_come_from_the_environment() -> None:
     command = command_of("worker")
     assert "--pool ${CELERY_WORKER_POOL:-threads}" in command
     assert "--concurrency ${CELERY_WORKER_CONCURRENCY:-8}" in command
+
+
+def test_beat_sends_the_periodic_tasks_with_its_schedule_in_a_writable_place() -> None:
+    command = command_of("beat")
+    assert "celery -A celery_app beat" in command
+    # The code is owned by root in the image (Dockerfile); the app user writes in /tmp.
+    assert "--schedule /tmp/" in command
+    assert "deploy" not in service("beat"), "exactly one beat: a second sends every periodic task twice"
+
+
+RECOVERY_SETTINGS = ("JOB_MAX_ATTEMPTS", "JOB_HEARTBEAT_INTERVAL", "JOB_STALE_AFTER", "JOB_SWEEP_INTERVAL")
+
+
+@pytest.mark.parametrize("name", RECOVERY_SETTINGS)
+def test_recovery_settings_come_from_the_environment(name: str) -> None:
+    assert environment_of("worker")[name].startswith(f"${{{name}:-")
+    assert environment_of("beat")[name] == environment_of("worker")[name]
 
 
 def test_flower_serves_under_the_flower_prefix_behind_basic_auth() -> None:

@@ -115,9 +115,10 @@ def _tail(tmp_path: Path) -> str:
     return (tmp_path / "stack.log").read_text()[-3000:]
 
 
-def test_procfile_runs_web_worker_with_events_and_flower_under_its_prefix() -> None:
+def test_procfile_runs_web_worker_with_events_beat_and_flower_under_its_prefix() -> None:
     lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
-    assert set(lines) == {"web", "worker", "flower"}
+    assert set(lines) == {"web", "worker", "flower", "beat"}
+    assert "celery -A celery_app beat" in lines["beat"] and "--schedule var/" in lines["beat"]
     assert "daphne" in lines["web"] and "core.asgi:application" in lines["web"]
     assert " -E " in lines["worker"]
     assert "--url_prefix=flower" in lines["flower"] and "--basic_auth=" in lines["flower"]

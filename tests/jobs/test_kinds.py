@@ -45,8 +45,8 @@ def primes_below(limit: int) -> int:
 # --- the registry ----------------------------------------------------------------
 
 
-def test_kind_list_holds_primes_report_sleep_sorted_by_name() -> None:
-    assert [kind.name for kind in kind_list()] == ["primes", "report", "sleep"]
+def test_kind_list_holds_the_builtin_kinds_sorted_by_name() -> None:
+    assert [kind.name for kind in kind_list()] == ["csv_import", "pipeline", "primes", "report", "sleep"]
 
 
 def test_kind_get_returns_the_registered_kind() -> None:
@@ -57,7 +57,7 @@ def test_kind_get_returns_the_registered_kind() -> None:
 def test_kind_get_of_unknown_kind_raises_naming_the_known_kinds(name: object) -> None:
     with pytest.raises(UnknownKind) as raised:
         kind_get(name)
-    assert str(raised.value) == f"Unknown kind {name!r}; choose one of: primes, report, sleep."
+    assert str(raised.value) == f"Unknown kind {name!r}; choose one of: csv_import, pipeline, primes, report, sleep."
 
 
 def test_register_refuses_a_second_kind_of_the_same_name() -> None:
@@ -207,7 +207,7 @@ def test_schema_of_a_required_parameter_lists_it_as_required() -> None:
     assert "default" not in schema["properties"]["size"]
 
 
-@pytest.mark.parametrize("kind", kind_list(), ids=lambda kind: kind.name)
+@pytest.mark.parametrize("kind", [k for k in kind_list() if not k.file_params], ids=lambda kind: kind.name)
 def test_every_schema_default_passes_its_own_validation(kind: JobKind) -> None:
     defaults = {name: prop["default"] for name, prop in kind.schema()["properties"].items()}
     assert kind.validate(defaults) == {name: value for name, value in defaults.items() if value is not None}

@@ -7,6 +7,13 @@
  * polling the JSON API. Job data is only ever inserted as text (textContent), never
  * as HTML.
  *
+ * Healing: a socket that reopens starts from the server's snapshot (a fresh database
+ * read), and an unfinished job that has heard nothing for STREAM_RESYNC_SECONDS is
+ * re-read over HTTP (`resyncSilent`), so a frame lost on the way (a Redis restart, a
+ * dropped connection) never leaves a bar waiting for good. A socket that cannot open
+ * while the server answers HTTP counts towards the fallback to SSE; one that cannot
+ * open while the server is away (a restart) just retries, with backoff and jitter.
+ *
  * @typedef {{current: number|null, total: number|null, percent: number|null,
  *            message: string, rate: number|null, eta_seconds: number|null}} Progress
  * @typedef {{id: string, kind: string, params: Object<string, *>, state: string,
@@ -24,6 +31,14 @@ const SSE_FAILURES_BEFORE_POLL = 3; // errors without a single event before poll
 const POLL_INTERVAL_MS = 2000;
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 15000;
+// How long an unfinished job may go without a frame before the page re-reads it: the
+// server's STREAM_RESYNC_SECONDS, on <body data-stream-resync-seconds> (core/settings.py
+// gives the reason for its default).
+const RESYNC_AFTER_MS = 1000 * (Number(document.body?.dataset.streamResyncSeconds) || 15);
+const RESYNC_CHECK_MS = Math.min(1000, RESYNC_AFTER_MS / 2); // how often silence is looked for
+const RESYNC_LIST_FROM = 2; // silent jobs on the list page from which one list request beats one each
+const RESYNC_PAGE_SIZE = 100; // the API's largest page
+const RESYNC_FETCH_TIMEOUT_MS = 10000; // a re-read the server does not answer must not hold up a reconnect
 const MAX_TOASTS = 3; // older ones go first: a burst of finishing jobs must not cover the page
 const STATE_LABELS = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed", cancelled: "Cancelled" };
 const TITLE = document.title;
@@ -34,6 +49,9 @@ const shown = new Map();
 const cancelling = new Set();
 /** @type {Map<string, () => void>} per-job SSE/poll followers, to stop them */
 const followers = new Map();
+/** @type {Map<string, number>} when each job last heard anything (Date.now()): a frame, a snapshot, a re-read */
+const heard = new Map();
+let resyncing = false;
 let transport = chooseTransport();
 /** @type {WebSocket|null} */
 let socket = null;
@@ -226,6 +244,7 @@ function tickElapsed() {
  * @param {Job} job @returns {boolean} whether it was shown
  */
 export function apply(job) {
+  heard.set(job.id, Date.now());
   const before = shown.get(job.id);
   if (before && job.seq <= before.seq) return false;
   shown.set(job.id, job);
@@ -330,11 +349,15 @@ function connectSocket() {
         if (detailId && TERMINAL.has(frame.job.state)) finished = true;
       } else if (frame.type === "error") console.warn("jobstream:", frame.error);
     });
-    ws.addEventListener("close", (event) => {
+    ws.addEventListener("close", async (event) => {
       socket = null;
       if (event.code === CLOSE_NOT_FOUND || (event.code === CLOSE_NORMAL && finished)) { setConnection(""); return; }
-      if (!opened && ++failures >= WS_FAILURES_BEFORE_SSE) { fallBack("sse"); return; }
       setConnection("reconnecting…");
+      // A socket that never opened: WebSockets are refused on the way (count it towards
+      // SSE) if the server answers HTTP meanwhile; if not, the server is away (a restart)
+      // and WebSocket is retried. The HTTP request is the job re-read, so it shows
+      // whatever changed while the socket was down.
+      if (!opened && (await resyncShown()) && ++failures >= WS_FAILURES_BEFORE_SSE) { fallBack("sse"); return; }
       setTimeout(open, backoff(attempt++));
     });
   };
@@ -397,6 +420,76 @@ function poll(id) {
   tick();
 }
 
+// --- healing: re-reading silent jobs over HTTP ------------------------------------------
+
+/** @param {string} url @returns {Promise<*>} the JSON body; throws on a network error or a non-2xx answer */
+async function getJson(url) {
+  const response = await fetch(url, {
+    headers: { Accept: "application/json" },
+    credentials: "same-origin",
+    signal: AbortSignal.timeout(RESYNC_FETCH_TIMEOUT_MS),
+  });
+  if (!response.ok) throw Object.assign(new Error(`HTTP ${response.status}`), { status: response.status });
+  return response.json();
+}
+
+/**
+ * Re-reads jobs over HTTP and shows each whose seq is above the one shown: one GET per
+ * job, or one list request when several on the list page need it (others, one each).
+ * @param {string[]} ids @returns {Promise<boolean>} whether the server answered
+ */
+async function resyncJobs(ids) {
+  let pending = ids;
+  if (!detailId && ids.length >= RESYNC_LIST_FROM) {
+    /** @type {Job[]} */
+    const results = (await getJson(`/api/jobs/?page_size=${RESYNC_PAGE_SIZE}`)).results;
+    // Only jobs on the page: older ones must not pop up on top of it.
+    results.filter((job) => shown.has(job.id)).reverse().forEach(apply);
+    const listed = new Set(results.map((job) => job.id));
+    pending = ids.filter((id) => !listed.has(id));
+  }
+  await Promise.all(pending.map(async (id) => {
+    try {
+      apply(await getJson(`/api/jobs/${encodeURIComponent(id)}/`));
+    } catch (error) {
+      if (/** @type {{status?: number}} */ (error).status !== 404) throw error;
+      heard.set(id, Infinity); // gone (purged): nothing more to hear
+    }
+  }));
+  return true;
+}
+
+/** Re-reads every unfinished job shown (or, on a detail page, its job). @returns {Promise<boolean>} whether the server answered */
+async function resyncShown() {
+  const ids = detailId ? [detailId] : [...shown.values()].filter((job) => !TERMINAL.has(job.state)).map((job) => job.id);
+  try {
+    if (ids.length) return await resyncJobs(ids);
+    await getJson("/api/jobs/?page_size=1");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Re-reads the unfinished jobs that have heard nothing for RESYNC_AFTER_MS. */
+async function resyncSilent() {
+  if (resyncing) return;
+  const now = Date.now();
+  const silent = [...shown.values()]
+    .filter((job) => !TERMINAL.has(job.state) && now - (heard.get(job.id) ?? now) >= RESYNC_AFTER_MS)
+    .map((job) => job.id);
+  if (!silent.length) return;
+  for (const id of silent) heard.set(id, now); // at most one re-read per job per interval, answered or not
+  resyncing = true;
+  try {
+    await resyncJobs(silent);
+  } catch {
+    // The server is away: the socket's reconnect, or the next interval, catches up.
+  } finally {
+    resyncing = false;
+  }
+}
+
 // --- HTTP ------------------------------------------------------------------------
 
 function csrfToken() {
@@ -410,6 +503,25 @@ function postJson(url, body) {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken() },
     body: JSON.stringify(body ?? {}),
+    credentials: "same-origin",
+  });
+}
+
+/**
+ * Starts a job of a kind with a file parameter: multipart/form-data with the fields
+ * kind, params (a JSON string) and one per file (DESIGN.md). The browser sets the
+ * Content-Type with its boundary.
+ * @param {string} kind @param {Object<string, number|string>} params @param {Map<string, File>} files
+ */
+function postUpload(kind, params, files) {
+  const body = new FormData();
+  body.append("kind", kind);
+  body.append("params", JSON.stringify(params));
+  for (const [name, file] of files) body.append(name, file, file.name);
+  return fetch("/api/jobs/", {
+    method: "POST",
+    headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+    body,
     credentials: "same-origin",
   });
 }
@@ -453,19 +565,34 @@ function setUpForm(form) {
     const fieldset = form.querySelector(`fieldset[data-kind="${CSS.escape(kind)}"]`);
     /** @type {Object<string, number|string>} */
     const params = {};
+    /** @type {Map<string, File>} a kind with a file parameter posts multipart/form-data */
+    const files = new Map();
+    /** @type {Object<string, string[]>} */
+    const fileErrors = {};
+    const fileInputs = [];
     for (const input of fieldset?.querySelectorAll("input") ?? []) {
       const name = input.name.slice(kind.length + 1);
-      if (input.validity.badInput) params[name] = "not a number";
+      if (input.type === "file") {
+        fileInputs.push(input);
+        const file = input.files?.[0];
+        const limit = Number(input.dataset.maxBytes);
+        // The server checks again; this spares sending a file it would refuse.
+        if (!file) fileErrors[name] = ["Choose a file to upload."];
+        else if (limit && file.size > limit) fileErrors[name] = [`The file '${file.name}' is over the limit of ${input.dataset.maxSize}.`];
+        else files.set(name, file);
+      } else if (input.validity.badInput) params[name] = "not a number";
       else if (input.value.trim() !== "") params[name] = Number(input.value);
     }
     clearErrors(form);
+    if (Object.keys(fileErrors).length) { showErrors(form, kind, fileErrors); return; }
     if (button) button.disabled = true;
-    if (status) status.textContent = "Starting…";
+    if (status) status.textContent = fileInputs.length ? "Uploading…" : "Starting…";
     try {
-      const response = await postJson("/api/jobs/", { kind, params });
+      const response = fileInputs.length ? await postUpload(kind, params, files) : await postJson("/api/jobs/", { kind, params });
       const body = await response.json().catch(() => ({}));
       if (response.status === 201) {
         apply(body);
+        for (const input of fileInputs) input.value = ""; // the next import is another file
         if (status) status.textContent = "Started.";
         return;
       }
@@ -496,7 +623,7 @@ function showErrors(/** @type {HTMLFormElement} */ form, /** @type {string} */ k
   for (const [field, messages] of Object.entries(errors)) {
     const name = field === "kind" ? "kind" : `${kind}-${field}`;
     const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
-    if (!slot) { general.push(`${field}: ${messages.join(" ")}`); continue; }
+    if (!slot) { general.push(field === "__all__" ? messages.join(" ") : `${field}: ${messages.join(" ")}`); continue; }
     slot.textContent = messages.join(" ");
     slot.removeAttribute("hidden");
     slot.closest(".field")?.classList.add("field--invalid");
@@ -545,6 +672,7 @@ function start() {
   if (transport !== "ws") setConnection(transport === "sse" ? "live (events)" : "polling");
   else if (!(detailId && allEnded)) connectSocket(); // a finished job has nothing more to say
   setInterval(tickElapsed, 1000);
+  setInterval(resyncSilent, RESYNC_CHECK_MS);
 }
 
 window.jobstream = { render, apply, formatRate, formatEta, ordinal, get transport() { return transport; } };

@@ -1,0 +1,171 @@
+"""The terminal client behind `manage.py jobs submit|watch|list|cancel`.
+
+`watch` follows a job the way a job socket does (notifications/consumers.py): it joins
+the job's group on the channel layer before it reads the snapshot, then applies every
+job frame whose `seq` is above the last one shown. Those are the frames the browser
+gets: the worker publishes them once to the group, and daphne forwards the same text.
+When nothing arrives for RESYNC_SECONDS it reads the job again, so a frame lost while
+Redis was away cannot leave the bar hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from jobs.models import Job, JobState
+from jobs.owners import Owner
+from jobs.selectors import job_queue_position
+from notifications.events import JobPayload, job_payload
+from notifications.groups import job_group
+
+CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it
+RESYNC_SECONDS = 5.0  # silence after which the job is read again from the database
+TERMINAL_STATES = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
+EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}  # `jobs submit --watch` exits with these
+
+
+def cli_owner() -> Owner:
+    return Owner(token=CLI_OWNER_TOKEN)
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    """`key=value` pairs as form-style text (the kind converts and checks each value)."""
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {pair!r} is not key=value (for example --param limit=5000000).")
+        if key.strip() in params:
+            raise ValueError(f"--param {key.strip()!r} is given twice.")
+        params[key.strip()] = value.strip()
+    return params
+
+
+# --- watching ------------------------------------------------------------------------
+
+
+def _snapshot(job_id: uuid.UUID) -> JobPayload | None:
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        return None
+    return job_payload(job, staff=True, queue_position=job_queue_position(job=job))
+
+
+async def follow(job_id: uuid.UUID, show: Callable[[JobPayload], None]) -> JobPayload | None:
+    """Calls `show` with each newer state of the job until it is terminal; None if the
+    job does not exist."""
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS must define a default layer"
+    channel = await layer.new_channel()
+    group = job_group(job_id)
+    await layer.group_add(group, channel)
+    try:
+        current = await database_sync_to_async(_snapshot)(job_id)
+        if current is None:
+            return None
+        show(current)
+        while current["state"] not in TERMINAL_STATES:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), RESYNC_SECONDS)
+            except TimeoutError:
+                fresh = await database_sync_to_async(_snapshot)(job_id)
+                if fresh is not None and fresh["seq"] > current["seq"]:
+                    current = fresh
+                    show(current)
+                continue
+            if message.get("type") != "job.frame" or message["seq"] <= current["seq"]:
+                continue
+            current = json.loads(message["text"])["job"]
+            show(current)
+        return current
+    finally:
+        await layer.group_discard(group, channel)
+
+
+@dataclass
+class ProgressView:
+    """A rich progress bar fed with job states: percent, message, rate, ETA, state."""
+
+    console: Console
+    progress: Progress | None = None
+    task: TaskID | None = None
+
+    def __enter__(self) -> ProgressView:
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[state]:<9}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>5.1f} %"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task("job", total=None, state="", detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.progress is not None
+        self.progress.__exit__(None, None, None)
+
+    def show(self, job: JobPayload) -> None:
+        assert self.progress is not None and self.task is not None
+        progress = job["progress"]
+        detail = ""
+        total: float | None = None
+        completed = 0.0
+        if job["state"] == "queued" and job["queue_position"]:
+            detail = f"{_ordinal(job['queue_position'])} in line"
+        if progress is not None:
+            total = progress["total"]
+            completed = progress["current"] or 0.0
+            parts = [progress["message"]]
+            if progress["rate"]:
+                parts.append(f"{progress['rate']:,.1f}/s")
+            if progress["eta_seconds"] is not None and job["state"] == "running":
+                parts.append(f"ETA {progress['eta_seconds']:,.0f} s")
+            detail = " · ".join(part for part in parts if part)
+        if job["state"] == "succeeded" and total is not None:
+            completed = total
+        self.progress.update(self.task, total=total, completed=completed, state=job["state"], detail=detail)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def describe_end(job: JobPayload) -> str:
+    """One line for a finished job: its result, or its error."""
+    if job["state"] == "succeeded":
+        result = json.dumps(job["result"]) if job["result"] is not None else "no result"
+        file_note = f"; file at {job['result_url']}" if job["result_url"] else ""
+        return f"succeeded: {result}{file_note}"
+    if job["state"] == "failed":
+        return f"failed: {job['error']}"
+    return "cancelled"
+
+
+def job_line(job: Job) -> str:
+    percent = ""
+    if job.has_progress and job.progress_total:
+        percent = f"{100 * (job.progress_current or 0) / job.progress_total:5.1f} %"
+    owner = (
+        f"user {job.owner_user_id}"
+        if job.owner_user_id
+        else ("terminal" if job.owner_token == CLI_OWNER_TOKEN else "visitor")
+    )
+    return f"{job.id}  {job.kind:<10} {job.state:<9} {percent:>7}  {job.created_at:%Y-%m-%d %H:%M:%S}  {owner}"
+
+
+def as_json(payload: Any) -> str:
+    return json.dumps(payload, indent=2, default=str)

@@ -1,0 +1,341 @@
+"""Streams that heal when Redis restarts (issue 5, fault 2).
+
+The layer tests run jobstream's channel layer in this process against a Redis of
+their own, stopped and started again on the same port. The end-to-end test runs a
+daphne and a Celery worker (threads pool) on a Redis of its own too, restarts that
+Redis while jobs run and WebSocket watchers listen, and checks that every watcher
+ends on the job's true terminal state (the database's) within RECOVERY_SECONDS of
+Redis being back, with seq never going backwards. None of it touches the session's
+Redis, which the other tests share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio
+from websockets.asyncio.client import ClientConnection, connect
+
+from core.redis_local import RedisProcess, redis_answers, start_redis
+from jobs.models import Job
+from notifications.layers import (
+    JobStreamChannelLayer,
+    SharedReads,
+    deliver_directly,
+    stop_direct,
+    subscriber_reconnects,
+)
+from tests.live_daphne import DaphneProcess, start_celery_worker, stop_process
+from tests.waiting import async_wait_until, wait_until
+
+RECOVERY_SECONDS = 5.0  # issue 5: every socket shows the true state this soon after Redis is back
+FRAME_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class RestartableRedis:
+    """A redis-server on a fixed port that a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.process: RedisProcess = start_redis()
+        self.port = self.process.port
+        self.url = self.process.url
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def start(self) -> None:
+        self.process = start_redis(port=self.port)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RestartableRedis]:
+    server = RestartableRedis()
+    yield server
+    server.stop()
+
+
+def frame(seq: int, *, job_id: str = "a", terminal: bool = False) -> dict[str, Any]:
+    return {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": "{}"}
+
+
+@pytest.fixture
+async def layer(own_redis: RestartableRedis) -> AsyncIterator[JobStreamChannelLayer]:
+    layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
+    yield layer
+    loop_layer = layer._get_layer()
+    for client in getattr(loop_layer, "_publish_clients", []):
+        await client.aclose()
+    await loop_layer.flush()
+
+
+async def direct_socket(layer: JobStreamChannelLayer, group: str) -> tuple[str, list[Any], list[SharedReads]]:
+    """A channel in `group` fed directly, recording what it is pushed and each resync."""
+    channel = await layer.new_channel()
+    await layer.group_add(group, channel)
+    pushed: list[Any] = []
+    resyncs: list[SharedReads] = []
+
+    async def push(message: Any) -> None:
+        pushed.append(message)
+
+    async def resync(reads: SharedReads) -> None:
+        resyncs.append(reads)
+
+    deliver_directly(channel, push, resync)
+    return channel, pushed, resyncs
+
+
+# --- the layer ---------------------------------------------------------------------
+
+
+async def test_subscriber_resubscribes_and_resyncs_direct_sockets_once_redis_is_back(
+    own_redis: RestartableRedis, layer: JobStreamChannelLayer
+) -> None:
+    channel, pushed, resyncs = await direct_socket(layer, "heal-a")
+    try:
+        await layer.publish_group_messages([(["heal-a"], frame(1))])
+        assert await async_wait_until(lambda: _true(len(pushed) == 1), timeout=FRAME_TIMEOUT)
+        assert resyncs == []  # the first connection is no reconnect
+        reconnects = subscriber_reconnects()
+
+        own_redis.stop()
+        with pytest.raises(redis.ConnectionError):  # truly gone: nobody hears this one
+            redis.Redis.from_url(own_redis.url).publish("asgi__group__heal-a", b"x")
+        own_redis.start()
+        back = time.monotonic()
+
+        assert await async_wait_until(lambda: _true(len(resyncs) == 1), timeout=RECOVERY_SECONDS)
+        assert time.monotonic() - back < RECOVERY_SECONDS
+        assert subscriber_reconnects() == reconnects + 1
+        # Re-subscribed: a frame published now arrives (through the old publish client,
+        # whose pooled connection died with the old Redis and is retried on a new one).
+        await layer.publish_group_messages([(["heal-a"], frame(2))])
+        assert await async_wait_until(lambda: _true(len(pushed) == 2), timeout=FRAME_TIMEOUT)
+        assert pushed[-1]["seq"] == 2
+    finally:
+        stop_direct(channel)
+
+
+async def test_a_group_left_while_redis_is_away_is_unsubscribed_once_it_is_back(
+    own_redis: RestartableRedis, layer: JobStreamChannelLayer
+) -> None:
+    staying, _, resyncs = await direct_socket(layer, "heal-stay")
+    leaving = await layer.new_channel()
+    await layer.group_add("heal-leave", leaving)
+    try:
+        own_redis.stop()
+        await layer.group_discard("heal-leave", leaving)  # logged, not raised
+        own_redis.start()
+        assert await async_wait_until(lambda: _true(len(resyncs) == 1), timeout=RECOVERY_SECONDS)
+
+        client = redis.asyncio.Redis.from_url(own_redis.url)
+
+        async def subscribed() -> set[str]:
+            return {name.decode() for name in await client.pubsub_channels("asgi__group__heal-*")}
+
+        async def only_staying() -> bool:
+            return await subscribed() == {"asgi__group__heal-stay"}
+
+        assert await async_wait_until(only_staying, timeout=FRAME_TIMEOUT), await subscribed()
+        await client.aclose()
+    finally:
+        stop_direct(staying)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_shared_reads_run_each_key_once_for_every_socket_asking() -> None:
+    reads = SharedReads()
+    calls: list[str] = []
+
+    async def read(key: str) -> str:
+        calls.append(key)
+        await asyncio.sleep(0.01)
+        return key.upper()
+
+    results = await asyncio.gather(
+        *(reads.get(key, lambda key=key: read(key)) for key in ["job-1", "job-1", "job-2", "job-1"])  # type: ignore[misc]
+    )
+    assert results == ["JOB-1", "JOB-1", "JOB-2", "JOB-1"]
+    assert sorted(calls) == ["job-1", "job-2"]
+    assert reads.count == 2
+
+
+# --- end to end: daphne, a worker, watchers, and Redis restarted under them ----------
+
+
+@dataclass
+class Watch:
+    """What one socket showed, in arrival order, with the time each frame came."""
+
+    frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    def jobs(self, job_id: str) -> list[dict[str, Any]]:
+        return [job for _, job in self.frames if job["id"] == job_id]
+
+    def ended_at(self, job_id: str) -> float | None:
+        return next((at for at, job in self.frames if job["id"] == job_id and job["state"] in TERMINAL), None)
+
+
+def open_socket(web_url: str, path: str, sessionid: str) -> Any:
+    return connect(
+        f"{web_url.replace('http://', 'ws://')}{path}",
+        origin=web_url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": f"sessionid={sessionid}"},
+        open_timeout=FRAME_TIMEOUT,
+    )
+
+
+async def watch_job(socket: ClientConnection, job_id: str, watch: Watch) -> None:
+    """Reads a single-job socket until its terminal frame."""
+    async for text in socket:
+        message = json.loads(text)
+        assert message["type"] == "job", message
+        watch.frames.append((time.time(), message["job"]))
+        if message["job"]["state"] in TERMINAL:
+            return
+
+
+async def watch_owner(socket: ClientConnection, job_ids: set[str], watch: Watch) -> None:
+    """Reads the owner socket until every job in `job_ids` has shown a terminal state."""
+    async for text in socket:
+        message = json.loads(text)
+        jobs = message["jobs"] if message["type"] == "snapshot" else [message["job"]]
+        for job in jobs:
+            watch.frames.append((time.time(), job))
+        if all(watch.ended_at(job_id) is not None for job_id in job_ids):
+            return
+
+
+def assert_seq_never_goes_back(watch: Watch, job_id: str) -> None:
+    seqs = [job["seq"] for job in watch.jobs(job_id)]
+    assert seqs == sorted(set(seqs)), f"job {job_id}: seq went backwards or repeated: {seqs}"
+
+
+@pytest.fixture
+def stack(
+    own_redis: RestartableRedis, live_server_env: dict[str, str], transactional_db: None, tmp_path: Path
+) -> Iterator[tuple[DaphneProcess, RestartableRedis]]:
+    """daphne and a Celery worker (threads) on the test database and a Redis of their own."""
+    env = {**live_server_env, "REDIS_URL": own_redis.url, "LOG_LEVEL": "INFO"}
+    daphne = DaphneProcess(env=env, log=tmp_path / "daphne.log")
+    worker = start_celery_worker(env=env, log=tmp_path / "worker.log", pool="threads", concurrency=8)
+    try:
+        daphne.start()
+        if not wait_until(lambda: " ready." in (tmp_path / "worker.log").read_text(errors="replace"), timeout=30):
+            raise RuntimeError(f"the worker did not start:\n{(tmp_path / 'worker.log').read_text()[-3000:]}")
+        yield daphne, own_redis
+    finally:
+        stop_process(worker)
+        daphne.stop()
+
+
+# Three jobs: one ends while Redis is down (its terminal frame is never published
+# anywhere), one ends soon after it is back, one runs on well past that.
+JOBS = {
+    "ends-while-down": {"steps": 12, "step_seconds": 0.25},
+    "ends-soon-after": {"steps": 24, "step_seconds": 0.25},
+    "runs-on": {"steps": 48, "step_seconds": 0.25},
+}
+DOWN_SECONDS_MAX = 10.0  # the first job ends within this while Redis is down
+WATCH_TIMEOUT = 30.0  # seconds from Redis's return for every watcher to be done (the last job runs ~12 s)
+
+
+async def test_every_watcher_ends_on_the_true_state_within_5_s_of_redis_coming_back(
+    stack: tuple[DaphneProcess, RestartableRedis],
+) -> None:
+    daphne, own_redis = stack
+    async with httpx.AsyncClient(base_url=daphne.url, timeout=FRAME_TIMEOUT) as client:
+        assert (await client.get("/")).status_code == 200
+        sessionid, csrf = client.cookies["sessionid"], client.cookies["csrftoken"]
+        ids: dict[str, str] = {}
+        for name, params in JOBS.items():
+            response = await client.post(
+                "/api/jobs/", json={"kind": "sleep", "params": params}, headers={"X-CSRFToken": csrf}
+            )
+            assert response.status_code == 201, response.text
+            ids[name] = response.json()["id"]
+
+    job_watches = {name: Watch() for name in JOBS}
+    owner_watch = Watch()
+    second_watch = Watch()  # a second socket on the job that ends while Redis is down
+    async with (
+        open_socket(daphne.url, "/ws/jobs/", sessionid) as owner_socket,
+        open_socket(daphne.url, f"/ws/jobs/{ids['ends-while-down']}/", sessionid) as socket_a,
+        open_socket(daphne.url, f"/ws/jobs/{ids['ends-soon-after']}/", sessionid) as socket_b,
+        open_socket(daphne.url, f"/ws/jobs/{ids['runs-on']}/", sessionid) as socket_c,
+        open_socket(daphne.url, f"/ws/jobs/{ids['ends-while-down']}/", sessionid) as socket_a2,
+    ):
+        sockets = dict(zip(JOBS, (socket_a, socket_b, socket_c), strict=True))
+        tasks = [asyncio.create_task(watch_job(sockets[name], ids[name], job_watches[name])) for name in JOBS]
+        tasks.append(asyncio.create_task(watch_owner(owner_socket, set(ids.values()), owner_watch)))
+        tasks.append(asyncio.create_task(watch_job(socket_a2, ids["ends-while-down"], second_watch)))
+
+        # Redis goes away once every job runs and its watcher has shown that live.
+        def all_running_on_screen() -> bool:
+            return all(any(job["state"] == "running" for job in job_watches[name].jobs(ids[name])) for name in JOBS)
+
+        assert await async_wait_until(lambda: _true(all_running_on_screen()), timeout=30, interval=0.05)
+        await asyncio.to_thread(own_redis.stop)
+        down_at = time.time()
+
+        def first_job_ended() -> bool:
+            return Job.objects.get(pk=ids["ends-while-down"]).is_terminal
+
+        assert await asyncio.to_thread(wait_until, first_job_ended, timeout=DOWN_SECONDS_MAX, interval=0.05)
+        assert job_watches["ends-while-down"].ended_at(ids["ends-while-down"]) is None  # it cannot know yet
+        await asyncio.to_thread(own_redis.start)
+        back_at = time.time()
+
+        # Every watcher should be done RECOVERY_SECONDS after the last job ends; the
+        # assertions below say which one was not.
+        _, pending = await asyncio.wait(tasks, timeout=WATCH_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    truth = {name: Job.objects.get(pk=ids[name]) for name in JOBS}
+    for name, job in truth.items():
+        assert job.is_terminal, f"{name} is still {job.state} in the database"
+        assert job.finished_at is not None
+        # A job that ended before Redis was back is due RECOVERY_SECONDS after that;
+        # one that ended later, that long after its end.
+        due = max(back_at, job.finished_at.timestamp()) + RECOVERY_SECONDS
+        watches = [(job_watches[name], f"job socket of {name}"), (owner_watch, f"owner socket, {name}")]
+        if name == "ends-while-down":
+            watches.append((second_watch, f"second job socket of {name}"))
+        for watch, label in watches:
+            last = watch.jobs(ids[name])[-1]
+            assert (last["state"], last["seq"]) == (job.state, job.seq), f"{label} ended on {last}"
+            ended_at = watch.ended_at(ids[name])
+            assert ended_at is not None
+            delay = ended_at - (due - RECOVERY_SECONDS)
+            # The issue's figures (pytest -s): how long after Redis was back (or the job ended).
+            print(f"{label}: true terminal state shown {delay:.2f} s after Redis was back or the job ended")
+            assert ended_at <= due, f"{label}: terminal state shown {delay:.2f} s after it was due"
+            assert_seq_never_goes_back(watch, ids[name])
+    first_end = truth["ends-while-down"].finished_at
+    assert first_end is not None and first_end.timestamp() < back_at, "the first job did not end while Redis was down"
+    assert down_at < back_at
+    log = daphne.log.read_text(errors="replace")
+    # Five sockets, four reads: the two sockets of one job shared theirs.
+    assert "resynced 5 socket(s) after Redis came back: 4 database read(s)" in log, log[-3000:]
+    assert redis_answers(own_redis.url)
