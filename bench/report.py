@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +95,34 @@ def _target_check(runs: list[dict[str, Any]]) -> list[str]:
 
 def _plot_over_time(runs: list[dict[str, Any]], path: Path) -> None:
     """p99 per tick: shows when in a run latency grows (start, steady state, the end)."""
+
+    def draw(axis: Any, run: dict[str, Any], color: str) -> None:
+        by_tick = {int(tick): value for tick, value in (run.get("p99_ms_by_tick") or {}).items()}
+        if by_tick:
+            ticks = sorted(by_tick)
+            axis.plot([t / run["rate_hz"] for t in ticks], [by_tick[t] for t in ticks], label=run["mode"], color=color)
+        axis.set_yscale("log")
+
+    _plot_per_scenario(runs, path, draw, xlabel="seconds into each job", ylabel="p99 latency of the tick, ms (log)")
+
+
+def _plot_per_scenario(
+    runs: list[dict[str, Any]],
+    path: Path,
+    draw: Callable[[Any, dict[str, Any], str], None],
+    *,
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """One panel per scenario, one line per run (ours blue, naive red)."""
     scenarios = list(dict.fromkeys(run["scenario"] for run in runs))
     figure, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.6), squeeze=False)
     for axis, scenario in zip(axes[0], scenarios, strict=True):
         for run in (r for r in runs if r["scenario"] == scenario):
-            by_tick = {int(tick): value for tick, value in (run.get("p99_ms_by_tick") or {}).items()}
-            if not by_tick:
-                continue
-            ticks = sorted(by_tick)
-            seconds = [tick / run["rate_hz"] for tick in ticks]
-            color = "#2563eb" if run["mode"] == "ours" else "#dc2626"
-            axis.plot(seconds, [by_tick[t] for t in ticks], label=run["mode"], color=color)
-        axis.set_yscale("log")
+            draw(axis, run, "#2563eb" if run["mode"] == "ours" else "#dc2626")
         axis.set_title(scenario)
-        axis.set_xlabel("seconds into each job")
-        axis.set_ylabel("p99 latency of the tick, ms (log)")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
     figure.tight_layout()
@@ -117,24 +131,14 @@ def _plot_over_time(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def _plot_fanout(runs: list[dict[str, Any]], path: Path) -> None:
-    scenarios = list(dict.fromkeys(run["scenario"] for run in runs))
-    figure, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.6), squeeze=False)
-    for axis, scenario in zip(axes[0], scenarios, strict=True):
-        for run in (r for r in runs if r["scenario"] == scenario):
-            values = sorted(v for v in run.get("latencies_ms", []) if v > 0)
-            if not values:
-                continue
+    def draw(axis: Any, run: dict[str, Any], color: str) -> None:
+        values = sorted(v for v in run.get("latencies_ms", []) if v > 0)
+        if values:
             fractions = [(i + 1) / len(values) for i in range(len(values))]
-            axis.plot(values, fractions, label=run["mode"], color="#2563eb" if run["mode"] == "ours" else "#dc2626")
+            axis.plot(values, fractions, label=run["mode"], color=color)
         axis.set_xscale("log")
-        axis.set_title(scenario)
-        axis.set_xlabel("latency, ms (log)")
-        axis.set_ylabel("fraction of frames")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+
+    _plot_per_scenario(runs, path, draw, xlabel="latency, ms (log)", ylabel="fraction of frames")
 
 
 def reporter_section(report: dict[str, Any], img: Path) -> list[str]:

@@ -95,7 +95,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         """Called once the snapshot is sent: later job frames come straight from the
         layer's subscriber (notifications/layers.py), not through this consumer's
         queue and dispatch loop. Frames already queued still pass the seq filter."""
-        deliver_directly(self.channel_name, self.push, self.resync)
+        deliver_directly(self.channel_name, self.job_frame, self.resync)
         if subscriber_reconnects() != self.reconnects_at_join:
             # The layer lost Redis after this socket joined its groups and resynced the
             # direct sockets before this one was among them: catch up on our own.
@@ -123,10 +123,6 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         """The jobs this socket's snapshot would show now, with whether each is terminal,
         read through `reads`. A socket class that does not say re-reads nothing."""
         return []
-
-    async def push(self, message: LayerJobMessage) -> None:
-        if not self.closed:
-            await self.job_frame(message)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         self.closed = True
