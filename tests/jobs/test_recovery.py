@@ -1,6 +1,6 @@
 """Faults really caused: a worker killed mid-job (its pool child, or all of it), a job
-whose worker is lost once too often, the broker down when a job is submitted, and the
-broker losing a job's message when it restarts.
+whose worker is lost once too often, the broker down when a job is submitted, Redis
+restarting under a running job, and the broker losing a job's message when it restarts.
 
 Each test runs a small stack of real processes on the test database: a Redis of its
 own (stopping it never touches the session's), daphne, a prefork Celery worker with
@@ -81,9 +81,10 @@ class Stack:
         self.web_url = f"http://127.0.0.1:{port}"
         self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"])
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, *, pool: str = "prefork", concurrency: int = 1) -> subprocess.Popen[bytes]:
         celery = str(Path(sys.executable).parent / "celery")
-        command = [celery, "-A", "celery_app", "worker", "-P", "prefork", "-c", "1", "-n", f"{name}@%h", "-l", "INFO"]
+        command = [celery, "-A", "celery_app", "worker", "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h"]
+        command += ["-l", "INFO"]
         return self.spawn(name, command)
 
     def start_beat(self) -> None:
@@ -404,6 +405,45 @@ def test_job_submitted_while_the_broker_is_down_is_saved_answered_and_run_once_i
     assert time.monotonic() - back_at < RECOVERY_TIMEOUT
 
 
+def test_worker_survives_a_redis_restart_with_a_job_running_and_takes_new_jobs_after_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(with_workers=False)
+    stack.start_worker("w1", pool="threads", concurrency=4)  # kombu's bug shows with a thread pool (bench/soak.py)
+    stack.start_beat()
+    stack.wait_ready("w1", "beat")
+    visitor = Visitor(stack.web_url)
+    try:
+        response = visitor.submit()
+        assert response.status_code == 201, response.text
+        running_id = response.json()["id"]
+        wait_running_with_progress(running_id, stack)
+
+        port = stack.redis.port
+        stack.redis.stop()  # the worker loses its broker channel with a task unacknowledged
+        assert wait_until(lambda: "Cannot connect to redis" in stack.log("w1"), timeout=RUNNING_TIMEOUT), stack.logs()
+        stack.redis = start_redis(port=port)
+        back_at = time.monotonic()
+
+        wait_terminal(running_id, stack)  # it ran on through the restart and acknowledged on a dead channel
+        assert row(running_id).state == JobState.SUCCEEDED
+        assert stack.processes["w1"].poll() is None, f"the worker exited:\n{stack.log('w1')[-3000:]}"
+        assert "Unrecoverable error" not in stack.log("w1")
+        assert "skipped on the closed channel" in stack.log("w1"), stack.log("w1")[-3000:]
+
+        response = visitor.submit()
+        assert response.status_code == 201, response.text
+        after_id = response.json()["id"]
+        wait_terminal(after_id, stack)
+        job = row(after_id)
+        assert (job.state, job.attempts) == (JobState.SUCCEEDED, 1)
+        assert stack.processes["w1"].poll() is None, f"the worker exited:\n{stack.log('w1')[-3000:]}"
+    finally:
+        visitor.close()
+    done_after = time.monotonic() - back_at
+    print(f"Redis restarted under a running job: the worker lived on; a new job done {done_after:.1f} s later")
+
+
 # --- the broker losing a message -------------------------------------------------
 
 
@@ -450,7 +490,9 @@ def test_job_whose_message_the_broker_lost_in_a_restart_is_sent_again_and_runs(
         assert job.dispatched_at is not None and first_sent is not None and job.dispatched_at > first_sent
         resent = [line for line in stack.log("w1").splitlines() if "the broker lost its task message" in line]
         assert len(resent) == 1 and f"job {job_id} (kind sleep)" in resent[0], resent
-        assert queued_task_ids(stack.redis.url) == []  # one message, taken and run once
+        # one message, taken and run once (rows other tests left in the shared database may
+        # be re-sent by the same sweep, so only this job's messages count)
+        assert job_id not in queued_task_ids(stack.redis.url)
     finally:
         visitor.close()
     print(
