@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "core.api_errors.api_errors_middleware",  # django-ninja's plain-text 405 in the API's error shape
 ]
 
 ROOT_URLCONF = "core.urls"

@@ -9,6 +9,7 @@ that shares MEDIA_ROOT with the web processes.
 
 from __future__ import annotations
 
+import mimetypes
 import shutil
 import uuid
 from pathlib import Path
@@ -59,6 +60,22 @@ def upload_path(stored: str) -> Path:
     if not path.is_file():
         raise UploadMissing(stored)
     return path
+
+
+def upload_reopen(stored: object) -> UploadedFile:
+    """A stored upload as a new one, for a job that reruns another's file (the admin's
+    retry): `job_create` checks it again and saves a copy under the new job. The stored
+    path itself cannot be reused, as a kind keys what it writes by the job its file was
+    saved for (`upload_job_id`). The caller closes it.
+
+    Raises UploadMissing when the file is gone, ValueError for a value that is not a
+    stored upload's path.
+    """
+    if not isinstance(stored, str):
+        raise ValueError(f"{stored!r} is not an uploaded file's path.")
+    path = upload_path(stored)
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return UploadedFile(path.open("rb"), name=path.name, content_type=content_type, size=path.stat().st_size)
 
 
 def upload_job_id(stored: str) -> uuid.UUID:

@@ -18,8 +18,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
 
-from core.api_errors import errors_response
+from core.api_errors import errors_response, method_not_allowed_response
 from jobs.models import Job
 from jobs.owners import Owner, owner_from_request
 from jobs.selectors import job_get_visible, job_queue_position
@@ -44,7 +45,10 @@ async def _read(job_id: Any) -> tuple[Job, int | None]:
     return job, await database_sync_to_async(job_queue_position)(job=job)
 
 
+@csrf_exempt  # GET only (any other method gets 405), so there is nothing to forge
 async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
+    if request.method != "GET":
+        return method_not_allowed_response(request.method, ["GET"])
     owner: Owner = await sync_to_async(owner_from_request)(request)
     job = await database_sync_to_async(job_get_visible)(owner=owner, job_id=job_id)
     if job is None:

@@ -179,9 +179,15 @@ HTTP_PATH_CASES = (
         HttpCase("cancel-of-a-finished-job", "POST", "/api/jobs/{finished}/cancel/", 409, "state"),
         HttpCase("unknown-api-path", "GET", "/api/nothing-here/", 404, "path"),
         HttpCase("job-path-with-extra-segment", "GET", "/api/jobs/{mine}/x/", 404, "path"),
-        HttpCase("put-on-the-list", "PUT", "/api/jobs/", 405, "Method not allowed"),
-        HttpCase("delete-a-job", "DELETE", "/api/jobs/{mine}/", 405, "Method not allowed"),
-        HttpCase("get-on-cancel", "GET", "/api/jobs/{mine}/cancel/", 405, "Method not allowed"),
+        HttpCase("put-on-the-list", "PUT", "/api/jobs/", 405, "method"),
+        HttpCase("patch-on-the-list", "PATCH", "/api/jobs/", 405, "method"),
+        HttpCase("delete-a-job", "DELETE", "/api/jobs/{mine}/", 405, "method"),
+        HttpCase("get-on-cancel", "GET", "/api/jobs/{mine}/cancel/", 405, "method"),
+        HttpCase("delete-the-kinds", "DELETE", "/api/job-kinds/", 405, "method"),
+        HttpCase("post-to-the-result", "POST", "/api/jobs/{mine}/result/", 405, "method"),
+        HttpCase("post-to-the-events", "POST", "/api/jobs/{mine}/events/", 405, "method"),
+        HttpCase("post-to-the-events-without-csrf", "POST", "/api/jobs/{mine}/events/", 405, "method", csrf=False),
+        HttpCase("post-to-unknown-api-path-without-csrf", "POST", "/api/nothing-here/", 404, "path", csrf=False),
     ]
 )
 
@@ -400,14 +406,16 @@ async def run_http(site: Site, case: HttpCase) -> None:
     text = response.text
     assert response.status_code == case.status, text[:2000]
     no_traceback(text)
-    if case.status == 405:  # answered by django-ninja itself, in text: the Allow header lists the methods
-        assert response.headers["Allow"], response.headers
-        assert case.names in text
-    elif response.request.url.path.startswith("/api/"):
+    if response.request.url.path.startswith("/api/"):
         assert response.headers["content-type"].startswith("application/json"), response.headers
         body = response.json()
         assert set(body) == {"errors"}, body
         assert names(body["errors"], case.names), body
+        if case.status == 405:  # the message names the method refused and those allowed, as `Allow` does
+            allowed = [method.strip() for method in response.headers["Allow"].split(",")]
+            assert allowed and case.method not in allowed, response.headers
+            [message] = body["errors"]["method"]
+            assert all(method in message for method in [case.method, *allowed]), message
     else:
         assert case.names in text, text[:2000]
     assert await database_sync_to_async(site.jobs_of_mine)() == jobs_before  # bad input never makes a job

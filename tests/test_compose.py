@@ -209,7 +209,13 @@ def test_beat_sends_the_periodic_tasks_with_its_schedule_in_a_writable_place() -
     assert "deploy" not in service("beat"), "exactly one beat: a second sends every periodic task twice"
 
 
-RECOVERY_SETTINGS = ("JOB_MAX_ATTEMPTS", "JOB_HEARTBEAT_INTERVAL", "JOB_STALE_AFTER", "JOB_SWEEP_INTERVAL")
+RECOVERY_SETTINGS = (
+    "JOB_MAX_ATTEMPTS",
+    "JOB_HEARTBEAT_INTERVAL",
+    "JOB_STALE_AFTER",
+    "JOB_SWEEP_INTERVAL",
+    "JOB_REQUEUE_AFTER",
+)
 
 
 @pytest.mark.parametrize("name", RECOVERY_SETTINGS)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.test import Client
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client, override_settings
 from django.utils import timezone
 
-from jobs.models import Job, JobState
+from jobs.models import ImportedContact, Job, JobState
 from jobs.owners import Owner
 from jobs.services import job_create
+from jobs.uploads import upload_dir, upload_job_id, upload_path
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +86,7 @@ def test_retry_action_starts_a_new_job_with_the_same_parameters_and_owner(staff_
     assert (retried.kind, retried.params, retried.owner_token) == (failed.kind, failed.params, failed.owner_token)
     assert retried.state == JobState.QUEUED
     assert "Started 1 new job(s)" in page
-    assert f"{running.id} is still running" in page
+    assert f"Job {running.id} (sleep) was not retried: it is still running" in page
 
 
 def test_jobs_cannot_be_added_or_edited_in_the_admin(staff_client: Client) -> None:
@@ -89,3 +95,83 @@ def test_jobs_cannot_be_added_or_edited_in_the_admin(staff_client: Client) -> No
     assert staff_client.get("/admin/jobs/job/add/").status_code == 403
     change = staff_client.get(f"/admin/jobs/job/{job.id}/change/").content.decode()
     assert 'name="state"' not in change  # shown, not editable
+
+
+# --- retrying a job whose parameter is an uploaded file (csv_import) -------------
+
+CONTACTS = b"email,name,age\nada@example.com,Ada Lovelace,36\nnot-an-email,Bob,40\n"
+JOB_TIMEOUT = 30.0  # seconds: queued behind at most another test's short job
+
+
+@pytest.fixture
+def own_media_root(tmp_path: Path) -> Iterator[Path]:
+    """Files would outlive the test's rows: each test its own MEDIA_ROOT."""
+    with override_settings(MEDIA_ROOT=str(tmp_path / "media")):
+        yield tmp_path / "media"
+
+
+def make_import() -> Job:
+    upload = SimpleUploadedFile("contacts.csv", CONTACTS, content_type="text/csv")
+    return job_create(owner=Owner(token="c" * 32), kind="csv_import", params={}, files={"file": upload})
+
+
+def ended(job: Job) -> bool:
+    job.refresh_from_db()
+    return job.is_terminal
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_of_a_csv_import_reruns_a_copy_of_its_upload_on_a_worker(
+    staff_client: Client, own_media_root: Path, worker: Any
+) -> None:
+    first = make_import()
+    assert wait_until(lambda: ended(first), timeout=JOB_TIMEOUT)
+
+    page = act(staff_client, "retry_jobs", first).content.decode()
+
+    assert "Started 1 new job(s)" in page
+    retried = Job.objects.exclude(pk=first.pk).get()
+    assert (retried.kind, retried.owner_token) == ("csv_import", first.owner_token)
+    # A copy under the new job: the kind stores its rows for the job its file belongs to.
+    assert upload_job_id(retried.params["file"]) == retried.id
+    assert upload_path(retried.params["file"]).read_bytes() == CONTACTS
+    assert upload_path(first.params["file"]).read_bytes() == CONTACTS  # the first job keeps its own
+    assert wait_until(lambda: ended(retried), timeout=JOB_TIMEOUT)
+    assert (retried.state, retried.result) == (JobState.SUCCEEDED, {"rows": 2, "imported": 1, "errors": 1})
+    for job in (first, retried):
+        assert list(ImportedContact.objects.filter(job=job).values_list("email", flat=True)) == ["ada@example.com"]
+
+
+def test_retry_says_for_each_csv_import_whose_upload_is_gone_why_it_was_not_retried(
+    staff_client: Client, own_media_root: Path
+) -> None:
+    imports = [make_import(), make_import()]
+    Job.objects.filter(pk__in=[job.pk for job in imports]).update(state=JobState.FAILED)
+    for job in imports:
+        shutil.rmtree(upload_dir(job.id))
+    other = make_job(JobState.SUCCEEDED)
+
+    response = act(staff_client, "retry_jobs", *imports, other)
+
+    assert response.status_code == 200  # a message, not an error page
+    page = response.content.decode()
+    for job in imports:
+        assert f"Job {job.id} (csv_import) was not retried: its uploaded file {job.params['file']} is gone" in page
+    assert "ask its owner to upload the file again" in page
+    assert "Started 1 new job(s)" in page  # the others in the selection still go
+    assert not Job.objects.filter(kind="csv_import").exclude(pk__in=[job.pk for job in imports]).exists()
+
+
+def test_retry_of_a_csv_import_whose_upload_is_now_over_the_limit_says_so(
+    staff_client: Client, own_media_root: Path
+) -> None:
+    done = make_import()
+    Job.objects.filter(pk=done.pk).update(state=JobState.SUCCEEDED)
+
+    with override_settings(CSV_IMPORT_MAX_BYTES=10):
+        page = act(staff_client, "retry_jobs", done).content.decode()
+
+    assert f"Job {done.id} (csv_import) was not retried: its parameters no longer pass the kind" in page
+    assert "file: The file" in page and "CSV_IMPORT_MAX_BYTES" in page
+    assert Job.objects.count() == 1
+    assert sorted(path.name for path in (own_media_root / "uploads").iterdir()) == [str(done.id)]  # no copy left
