@@ -8,6 +8,8 @@ whose `seq` is not above the last one it sent for that job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import time
@@ -17,6 +19,8 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import TERMINAL_STATES, Job, JobState
@@ -32,6 +36,7 @@ from jobs.selectors import (
 from jobs.services import job_cancel
 from notifications.db import socket_db
 from notifications.events import (
+    JobFrame,
     JobPayload,
     LayerJobMessage,
     encode,
@@ -40,7 +45,13 @@ from notifications.events import (
     job_payload,
 )
 from notifications.groups import job_group, owner_group, staff_group
-from notifications.layers import SharedReads, deliver_directly, stop_direct, subscriber_reconnects
+from notifications.layers import (
+    JobStreamChannelLayer,
+    SharedReads,
+    deliver_directly,
+    stop_direct,
+    subscriber_reconnects,
+)
 from notifications.quotas import socket_slot_acquire, socket_slot_release
 
 logger = logging.getLogger(__name__)
@@ -62,6 +73,22 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
     owner: Owner | None
     last_seq: dict[str, int]
     groups_joined: list[str]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        layer = get_channel_layer(self.channel_layer_alias)
+        if not isinstance(layer, JobStreamChannelLayer):
+            await super().__call__(scope, receive, send)
+            return
+        # As AsyncConsumer.__call__, but the socket's own channel is a queue in this
+        # process with no Redis subscription (JobStreamLoopLayer.receive_local): frames
+        # reach a socket through its groups, never sent to its channel from outside.
+        self.scope = scope
+        self.channel_layer = layer
+        self.channel_name = await layer.new_channel()
+        self.channel_receive = functools.partial(layer.receive_local, self.channel_name)
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):  # the socket closed
+            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
 
     async def connect(self) -> None:
         self.last_seq = {}
@@ -328,17 +355,62 @@ class StaffJobsConsumer(JobStreamConsumer):
     """`/ws/staff/jobs/`: every queued and running job and the counts per state, then
     every change to any job (the staff group). For anyone but staff it does not exist."""
 
+    live_frames: dict[str, str]  # job id -> the newest frame sent, for jobs not yet ended
+
     async def start_stream(self) -> None:
+        self.live_frames = {}
         self.owner = await socket_db(owner_from_scope, self.scope)
         if self.owner is None or not self.owner.is_staff:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         await self.join(staff_group())
         payloads, counts = await socket_db(self._snapshot)
-        for payload in payloads:
-            self.last_seq[payload["id"]] = payload["seq"]
-        await self.send(text_data=encode({"type": "snapshot", "jobs": payloads, "counts": counts}))
+        await self.send_snapshot(payloads, counts)
         self.go_direct()
+
+    async def send_snapshot(self, payloads: list[JobPayload], counts: dict[str, int]) -> None:
+        for payload in payloads:
+            self.last_seq[payload["id"]] = max(payload["seq"], self.last_seq.get(payload["id"], 0))
+        await self.send(text_data=encode({"type": "snapshot", "jobs": payloads, "counts": counts}))
+
+    async def job_frame(self, event: LayerJobMessage) -> None:
+        if not self.closed and event["seq"] > self.last_seq.get(event["job_id"], 0):
+            if event["terminal"]:
+                self.live_frames.pop(event["job_id"], None)
+            else:
+                self.live_frames[event["job_id"]] = event["text"]
+        await super().job_frame(event)
+
+    # --- healing after Redis came back (notifications/layers.py) --------------------
+
+    async def resync(self, reads: SharedReads) -> None:
+        """A whole fresh snapshot, not job frames: a job that ended while the layer was
+        away from Redis must leave the view and the counts must be right again, which no
+        job frame says. One read, shared by every staff socket of the process."""
+        if self.closed:
+            return
+        payloads, counts = await reads.get(("staff",), lambda: socket_db(self._snapshot))
+        if self.closed:
+            return
+        await self.send_snapshot(self._not_older_than_sent(payloads), counts)
+
+    def _not_older_than_sent(self, payloads: list[JobPayload]) -> list[JobPayload]:
+        """The read, minus what this socket has already shown newer: a running worker's
+        progress frames run ahead of its row (jobs/services.py, SEQ_WINDOW), and the
+        client replaces its whole list with a snapshot, so an older row would move a
+        bar back, or bring back a job whose terminal frame went out after the read."""
+        shown: list[JobPayload] = []
+        for payload in payloads:
+            job_id = payload["id"]
+            if payload["seq"] >= self.last_seq.get(job_id, 0):
+                shown.append(payload)
+            elif job_id in self.live_frames:
+                frame: JobFrame = json.loads(self.live_frames[job_id])
+                shown.append(frame["job"])
+            # else: the newest frame sent for it was terminal, so it has left the view
+        live = {payload["id"] for payload in shown}
+        self.live_frames = {job_id: text for job_id, text in self.live_frames.items() if job_id in live}
+        return shown
 
     def _snapshot(self) -> tuple[list[JobPayload], dict[str, int]]:
         active = job_list_active()

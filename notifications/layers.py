@@ -322,6 +322,21 @@ class JobStreamLoopLayer(RedisPubSubLoopLayer):
                     logger.exception("Unexpected exception while cleaning-up channel:")
             raise
 
+    async def receive_local(self, channel: str) -> Any:
+        """As `receive`, for a channel that only this process feeds: a socket's own
+        channel, which frames reach through its groups' subscriptions (and then
+        straight, see `deliver_directly`). A queue here and no Redis subscription: no
+        SUBSCRIBE when a socket opens and no UNSUBSCRIBE when it closes, round trips
+        that queued up in front of other jobs' frames when many sockets closed together."""
+        queue = self.channels.get(channel)
+        if queue is None:
+            queue = self.channels[channel] = LatestWinsQueue()
+        try:
+            return await queue.get()
+        except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+            self.channels.pop(channel, None)
+            raise
+
     async def group_discard(self, group: str, channel: str) -> None:
         try:
             await super().group_discard(group, channel)
@@ -341,6 +356,9 @@ class JobStreamChannelLayer(RedisPubSubChannelLayer):
             self._layers[loop] = layer
             _wrap_close(self, loop)
             return layer
+
+    async def receive_local(self, channel: str) -> Any:
+        return await self._get_layer().receive_local(channel)
 
     async def publish_group_messages(self, batch: list[tuple[list[str], dict[str, Any]]]) -> None:
         """Sends each message to its groups: one pipelined round trip per shard."""

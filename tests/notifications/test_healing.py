@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,10 +24,21 @@ import httpx
 import pytest
 import redis
 import redis.asyncio
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client, override_settings
+from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 
+from core.asgi import application
 from core.redis_local import RedisProcess, redis_answers, start_redis
-from jobs.models import Job
+from core.settings import channel_layers_for
+from jobs.models import Job, JobState
+from notifications.events import job_frame_text, job_payload
+from notifications.groups import staff_group
 from notifications.layers import (
     JobStreamChannelLayer,
     SharedReads,
@@ -175,6 +187,129 @@ async def test_shared_reads_run_each_key_once_for_every_socket_asking() -> None:
     assert results == ["JOB-1", "JOB-1", "JOB-2", "JOB-1"]
     assert sorted(calls) == ["job-1", "job-2"]
     assert reads.count == 2
+
+
+# --- the staff live view: a fresh snapshot once Redis is back ----------------------
+
+
+@pytest.fixture
+async def layer_on_own_redis(own_redis: RestartableRedis) -> AsyncIterator[None]:
+    """This process's channel layer (the one consumers use) on the test's own Redis."""
+    with override_settings(CHANNEL_LAYERS=channel_layers_for(own_redis.url)):
+        yield
+        layer = get_channel_layer()
+        assert isinstance(layer, JobStreamChannelLayer)
+        loop_layer = layer._get_layer()
+        for client in getattr(loop_layer, "_publish_clients", []):
+            await client.aclose()
+        await loop_layer.flush()
+
+
+async def staff_socket() -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/staff/jobs/",
+        headers=[
+            (b"host", b"127.0.0.1"),
+            (b"origin", b"http://127.0.0.1"),
+            (b"cookie", f"sessionid={await staff_session()}".encode()),
+        ],
+    )
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+    assert connected, "the staff socket's handshake was refused"
+    return communicator
+
+
+@database_sync_to_async
+def staff_session() -> str:
+    client = Client()
+    client.force_login(get_user_model().objects.create_user("clerk", password="pw-for-tests-only", is_staff=True))
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+@database_sync_to_async
+def job_row(*, state: JobState, seq: int) -> Job:
+    """A job row with no task behind it: no worker of the session may pick it up."""
+    now = timezone.now()
+    return Job.objects.create(
+        owner_token=secrets.token_hex(16), kind="sleep", params={}, state=state, seq=seq, created_at=now, updated_at=now
+    )
+
+
+async def next_frame(communicator: WebsocketCommunicator, timeout: float) -> dict[str, Any]:
+    output = await communicator.receive_output(timeout=timeout)
+    assert output["type"] == "websocket.send", f"expected a frame, got {output}"
+    frame: dict[str, Any] = json.loads(output["text"])
+    return frame
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_staff_socket_gets_a_fresh_snapshot_once_redis_is_back(
+    own_redis: RestartableRedis, layer_on_own_redis: None
+) -> None:
+    ends_while_down = await job_row(state=JobState.QUEUED, seq=1)
+    runs_on = await job_row(state=JobState.RUNNING, seq=3)
+    communicator = await staff_socket()
+    try:
+        first = await next_frame(communicator, FRAME_TIMEOUT)
+        assert first["type"] == "snapshot"
+        assert {job["id"] for job in first["jobs"]} == {str(ends_while_down.id), str(runs_on.id)}
+
+        await asyncio.to_thread(own_redis.stop)
+        # Changes made while Redis is away: whatever was published about them is lost.
+        ended = timezone.now()
+        await database_sync_to_async(Job.objects.filter(pk=ends_while_down.pk).update)(
+            state=JobState.CANCELLED, seq=2, finished_at=ended, updated_at=ended
+        )
+        await database_sync_to_async(Job.objects.filter(pk=runs_on.pk).update)(
+            seq=9, has_progress=True, progress_current=4, progress_total=10, progress_message="step 4"
+        )
+        started_while_down = await job_row(state=JobState.QUEUED, seq=1)
+        await asyncio.to_thread(own_redis.start)
+
+        fresh = await next_frame(communicator, RECOVERY_SECONDS)
+
+        assert fresh["type"] == "snapshot"
+        shown = {job["id"]: job for job in fresh["jobs"]}
+        assert set(shown) == {str(runs_on.id), str(started_while_down.id)}  # the cancelled job has left
+        assert shown[str(runs_on.id)]["seq"] == 9
+        assert shown[str(runs_on.id)]["progress"]["percent"] == 40.0
+        assert fresh["counts"] == {"queued": 1, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1}
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_staff_resync_snapshot_keeps_progress_sent_ahead_of_the_row(
+    own_redis: RestartableRedis, layer_on_own_redis: None
+) -> None:
+    job = await job_row(state=JobState.RUNNING, seq=3)
+    communicator = await staff_socket()
+    try:
+        assert (await next_frame(communicator, FRAME_TIMEOUT))["type"] == "snapshot"
+        # A worker publishes progress at once and writes its row only now and then
+        # (jobs/services.py, SEQ_WINDOW): the screen is ahead of the database.
+        job.seq, job.has_progress, job.progress_current, job.progress_total = 7, True, 6, 10
+        message = {
+            "type": "job.frame",
+            "job_id": str(job.id),
+            "seq": 7,
+            "terminal": False,
+            "text": job_frame_text(job_payload(job)),
+        }
+        layer = get_channel_layer()
+        assert isinstance(layer, JobStreamChannelLayer)
+        await layer.publish_group_messages([([staff_group()], message)])
+        assert (await next_frame(communicator, FRAME_TIMEOUT))["job"]["seq"] == 7
+
+        await asyncio.to_thread(own_redis.restart)
+        fresh = await next_frame(communicator, RECOVERY_SECONDS)
+
+        assert fresh["type"] == "snapshot"
+        [shown] = fresh["jobs"]
+        assert (shown["seq"], shown["progress"]["percent"]) == (7, 60.0)  # not the row's seq 3
+    finally:
+        await communicator.disconnect()
 
 
 # --- end to end: daphne, a worker, watchers, and Redis restarted under them ----------
