@@ -333,3 +333,14 @@ def test_a_socket_that_never_answers_pings_is_closed(pinging_daphne: DaphneProce
     assert bytes([PING_OPCODE]) in received, "daphne never pinged"
     # The interval, the timeout, and daphne's 2 s timeout checker, with room to spare.
     assert took < 2 * PING_SECONDS + 2 + 3, f"closed only after {took:.1f} s"
+
+
+def test_autobahn_log_labels_are_plain_once_installed() -> None:
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    from notifications import transport
+
+    transport.install()
+    label = autobahn_protocol.hltype(test_autobahn_log_labels_are_plain_once_installed)
+    assert label == f"<{__name__}.test_autobahn_log_labels_are_plain_once_installed>"
+    assert autobahn_protocol.hlval(1234) == "1234"  # no click colour codes, built on every frame sent
