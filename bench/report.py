@@ -38,6 +38,12 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def wall_over(run: dict[str, Any]) -> str:
+    if run.get("wall_over_pct") is None:
+        return "not finished by the deadline" if run.get("timed_out") else "n/a"
+    return f"{fmt(run['wall_over_pct'])} %"
+
+
 def fanout_section(runs: list[dict[str, Any]], img: Path) -> list[str]:
     lines = [
         "### Fan-out latency: worker report → websockets client",
@@ -51,7 +57,7 @@ def fanout_section(runs: list[dict[str, Any]], img: Path) -> list[str]:
             f"| {run['scenario']}{' (in step)' if run.get('aligned') else ''} | {run['mode']} "
             f"| {fmt(run['frames_expected'])} | {fmt(run['frames_delivered'])} "
             f"| {fmt(run['frames_lost'])} ({fmt(run['lost_pct'])} %) | {fmt(run['p50_ms'])} | {fmt(run['p95_ms'])} "
-            f"| {fmt(run['p99_ms'])} | {fmt(run['max_ms'])} | {fmt(run['wall_over_pct'])} % "
+            f"| {fmt(run['p99_ms'])} | {fmt(run['max_ms'])} | {wall_over(run)} "
             f"| {fmt(run['daphne_cpu_s'])} | {fmt(run['worker_cpu_s'])} |"
         )
     ratios = []
@@ -233,6 +239,12 @@ def main() -> int:
     meta = load(args.results / "run.json")
     if meta:
         lines += [f"Produced by `{meta['command']}` on {meta['when']} in {meta['seconds']} s.", ""]
+        if meta.get("python_loop_ms") is not None:
+            lines += [
+                f"This machine's pace: 10 million additions in a CPython loop took {fmt(meta['python_loop_ms'])} ms "
+                "(the best of 3; compare it before comparing runs from different machines).",
+                "",
+            ]
     if fanout := load(args.results / "fanout.json"):
         lines += fanout_section(fanout, img)
     if reporter := load(args.results / "reporter.json"):

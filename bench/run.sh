@@ -8,6 +8,13 @@ PY=.venv/bin/python
 out=bench/results
 mkdir -p "$out"
 started=$(date +%s)
+# The machine's pace, so runs on different machines can be compared (report.py prints it).
+pace=$($PY -c 'import time
+def loop():
+    t = time.perf_counter(); s = 0
+    for i in range(10_000_000): s += i
+    return (time.perf_counter() - t) * 1000
+print(round(min(loop() for _ in range(3))))')
 
 echo "== reporter overhead"
 $PY bench/reporter_overhead.py | tee "$out/reporter.log"
@@ -23,6 +30,7 @@ echo "== submission throughput"
 $PY bench/submit_throughput.py --duration 2 --out "$out/submit.json"
 
 seconds=$(( $(date +%s) - started ))
-printf '{"command": "bash bench/run.sh", "when": "%s", "seconds": %d}\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$seconds" > "$out/run.json"
+printf '{"command": "bash bench/run.sh", "when": "%s", "seconds": %d, "python_loop_ms": %d}\n' \
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$seconds" "$pace" > "$out/run.json"
 $PY bench/report.py --results "$out"
 echo "bench: every scenario in ${seconds} s"
