@@ -208,7 +208,11 @@ async def run(minutes: float, seed: int) -> dict[str, Any]:
                         figures.submit_errors.append(f"{response.status_code} {response.text[:120]}")
                     else:
                         job = response.json()
-                        jobs[job["id"]] = {"visitor": visitor, "kind": kind}
+                        jobs[job["id"]] = {
+                            "visitor": visitor,
+                            "kind": kind,
+                            "fails_on_purpose": "fail_at_step" in params,
+                        }
                         figures.submitted += 1
                         cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
                         for _ in range(WATCHERS_PER_JOB):
@@ -314,6 +318,13 @@ def summarize(
         state = final.get(job_id, {}).get("state", "missing")
         states[state] = states.get(state, 0) + 1
     not_terminal = sum(count for state, count in states.items() if state not in TERMINAL)
+    # A job fails only on purpose (`fail_at_step`): any other failure is a fault the
+    # soak caused and the product did not survive (a lost worker, a crash).
+    unexpected = [
+        f"{job_id} ({jobs[job_id]['kind']}): {final[job_id].get('error')}"
+        for job_id in jobs
+        if final.get(job_id, {}).get("state") == "failed" and not jobs[job_id].get("fails_on_purpose")
+    ]
     wrong_watchers = sum(
         1 for watch in watches if watch.last_state != final.get(watch.job_id, {}).get("state", "missing")
     )
@@ -328,6 +339,8 @@ def summarize(
         "cancels_accepted": figures.cancels,
         "final_states": states,
         "jobs_not_terminal": not_terminal,
+        "failed_not_on_purpose": len(unexpected),
+        "failed_not_on_purpose_samples": unexpected[:3],
         "watchers": len(watches),
         "watchers_not_on_final_state": wrong_watchers,
         "watchers_reconnected": reconnected,
@@ -339,7 +352,9 @@ def summarize(
     }
     print("\n== soak ==")
     print(f"jobs submitted {figures.submitted} ({len(figures.submit_errors)} submit errors), cancels {figures.cancels}")
-    print(f"final states {states}; not terminal: {not_terminal}")
+    print(f"final states {states}; not terminal: {not_terminal}; failed not on purpose: {len(unexpected)}")
+    for sample in unexpected[:3]:
+        print(f"  {sample}")
     print(f"watchers {len(watches)}: not on the job's final state {wrong_watchers}; reconnected {reconnected}")
     print(
         f"Redis down at {figures.redis_down_at} s, back at {figures.redis_back_at} s; first job started after it "
@@ -348,7 +363,7 @@ def summarize(
     for name, (first, last, growth) in memory.items():
         print(f"{name} RSS after warm-up: first third {first} MB, last third {last} MB, growth {growth} MB")
     print(json.dumps(result))
-    if not_terminal or wrong_watchers:
+    if not_terminal or wrong_watchers or unexpected:
         logs = ROOT / "bench" / "results" / "soak-logs"
         logs.mkdir(parents=True, exist_ok=True)
         for name in stack.processes:
@@ -366,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(run(args.minutes, args.seed))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result))
-    return 0 if result["jobs_not_terminal"] == 0 and result["watchers_not_on_final_state"] == 0 else 1
+    failures = ("jobs_not_terminal", "watchers_not_on_final_state", "failed_not_on_purpose")
+    return 1 if any(result[name] for name in failures) else 0
 
 
 if __name__ == "__main__":
