@@ -21,6 +21,7 @@ import pytest
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from core.redis_local import RedisProcess, free_port, start_redis
+from tests.processes import stop_process
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,13 +155,7 @@ class LiveServer:
         self._live_server_modified_settings = override_settings()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="session")

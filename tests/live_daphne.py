@@ -15,21 +15,10 @@ import psutil
 
 from core.redis_local import free_port
 from tests.conftest import ROOT
+from tests.processes import stop_process
 from tests.waiting import wait_until
 
 START_TIMEOUT = 30.0  # seconds for daphne to answer HTTP after it is started
-STOP_TIMEOUT = 10.0  # seconds for a process to exit on SIGTERM before it is killed
-
-
-def stop_process(process: subprocess.Popen[bytes], *, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 class DaphneProcess:

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from core.redis_local import RedisProcess, free_port
+from tests.processes import stop_process
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,13 +114,7 @@ def flower(
         yield flower
     finally:
         client.close()
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
 
 
 # --- Flower's API ----------------------------------------------------------------

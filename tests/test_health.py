@@ -20,6 +20,7 @@ from django.test import Client
 
 from core.health import CHECK_NAMES, CHECK_TIMEOUT
 from core.redis_local import RedisProcess, free_port, start_redis
+from tests.processes import stop_process
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,13 +87,7 @@ class Daphne:
             return False
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from core.log import NO_JOB, JobContextFilter, JsonFormatter, current_job_log_co
 from jobs.models import Job
 from jobs.owners import Owner
 from jobs.services import job_create
+from tests.processes import stop_process
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,12 +109,7 @@ def test_a_prefork_worker_process_writes_the_job_id_and_kind_on_its_lines(
         assert any("started" in line for line in lines), lines
         assert lines and all(tag in line for line in lines), lines
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=20)
 
 
 # --- the filter and the formats -----------------------------------------------------

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from core.redis_local import RedisProcess, free_port
 from tests.conftest import ROOT
+from tests.processes import stop_process
 from tests.waiting import async_wait_until, wait_until
 
 WORKERS = ("w1", "w2")
@@ -35,7 +36,6 @@ JOB_PARAMS = {"steps": 5, "step_seconds": 0.1}  # 0.5 s a job: long enough to be
 START_TIMEOUT = 40.0  # seconds for both daphnes and both workers to answer
 FRAME_TIMEOUT = 15.0  # seconds for the next frame on any socket
 RUN_TIMEOUT = 30.0  # seconds for every job to reach its terminal state on every socket
-STOP_TIMEOUT = 10.0  # seconds for a process to exit on SIGTERM before it is killed
 # The session's in-process worker (celery_worker_thread, started by other tests) consumes
 # the broker queue in Redis database 0; these four processes use database 1, so only
 # w1 and w2 can take these jobs. (Pub/sub, which the channel layer uses, spans databases.)
@@ -54,17 +54,6 @@ class Cluster:
 
     def jobs_run_by(self, worker: str) -> set[str]:
         return set(SUCCEEDED_LINE.findall(self.worker_logs[worker].read_text(errors="replace")))
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def workers_answering_ping(celery: str, env: dict[str, str]) -> set[str]:
@@ -130,7 +119,7 @@ def cluster(
             if process.poll() is None:
                 process.terminate()  # all at once, so they stop in parallel
         for process in processes.values():
-            _stop(process)
+            stop_process(process)
 
 
 # --- clients ---------------------------------------------------------------------

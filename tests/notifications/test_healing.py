@@ -46,7 +46,8 @@ from notifications.layers import (
     stop_direct,
     subscriber_reconnects,
 )
-from tests.live_daphne import DaphneProcess, start_celery_worker, stop_process
+from tests.live_daphne import DaphneProcess, start_celery_worker
+from tests.processes import stop_process
 from tests.waiting import async_wait_until, wait_until
 
 RECOVERY_SECONDS = 5.0  # issue 5: every socket shows the true state this soon after Redis is back
