@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 
@@ -15,3 +16,12 @@ install_broker_fixes()  # a worker survives a Redis restart with tasks running (
 app = Celery("jobstream")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _tune_gc(**_: object) -> None:
+    """The worker (and each prefork child) freezes its start-up heap once ready (core/gc_tuning.py)."""
+    from core.gc_tuning import tune_after_startup
+
+    tune_after_startup()

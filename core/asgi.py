@@ -21,6 +21,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from core.gc_tuning import tune_after_startup  # noqa: E402
 from notifications import close_codes, transport  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
@@ -33,3 +34,5 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+tune_after_startup()  # the start-up heap frozen, fewer collector pauses (core/gc_tuning.py)
