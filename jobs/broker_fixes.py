@@ -42,7 +42,10 @@ def _channel_closed(qos: Any) -> bool:
     return transport is None or getattr(transport, "client", None) is None
 
 
-def _guard(stock: Callable[..., Any], what: str) -> Callable[..., Any]:
+def _guard(stock: Callable[..., Any], what: str, *, clear_delivered: bool = False) -> Callable[..., Any]:
+    """`stock`, quiet on a closed channel; `clear_delivered` forgets the channel's
+    unacknowledged messages then, as the stock restore does once it put them back."""
+
     @functools.wraps(stock)
     def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -56,7 +59,7 @@ def _guard(stock: Callable[..., Any], what: str) -> Callable[..., Any]:
                 "and finds its job ended; the sweeper re-sends any job the broker lost)",
                 what,
             )
-            if what == "restore of unacknowledged messages":
+            if clear_delivered:
                 self._delivered.clear()
             return None
 
@@ -70,7 +73,9 @@ def install() -> None:
     from kombu.transport import redis as kombu_redis
 
     qos = kombu_redis.QoS
-    qos.restore_unacked = _guard(qos.restore_unacked, "restore of unacknowledged messages")  # type: ignore[method-assign]
+    qos.restore_unacked = _guard(  # type: ignore[method-assign]
+        qos.restore_unacked, "restore of unacknowledged messages", clear_delivered=True
+    )
     qos.ack = _guard(qos.ack, "acknowledgement")  # type: ignore[method-assign]
     qos.reject = _guard(qos.reject, "reject")  # type: ignore[method-assign]
     _installed = True
