@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis
+import redis.sentinel
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
-from channels_redis.utils import _consistent_hash, _wrap_close, create_pool
+from channels_redis.utils import _consistent_hash, _wrap_close, create_pool, decode_hosts
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
@@ -50,6 +53,7 @@ DRAIN_MAX = 1000  # messages taken from the subscriber socket per pass of the ev
 # attempt costs one refused connect, so the cap stays at a second.
 RECONNECT_DELAY_FIRST = 0.05
 RECONNECT_DELAY_MAX = 1.0
+PUBLISH_TIMEOUT = 5.0  # seconds a blocking publish may wait on Redis before it fails
 
 T = TypeVar("T")
 Push = Callable[[Any], Awaitable[None]]
@@ -361,20 +365,118 @@ class JobStreamChannelLayer(RedisPubSubChannelLayer):
         return await self._get_layer().receive_local(channel)
 
     async def publish_group_messages(self, batch: list[tuple[list[str], dict[str, Any]]]) -> None:
-        """Sends each message to its groups: one pipelined round trip per shard."""
-        layer = self._get_layer()
-        clients = _publish_clients(layer)
-        pipelines: dict[int, Any] = {}
+        """Sends each message to its groups: one pipelined round trip per shard.
+
+        The commands are packed here, not through redis-py's `Pipeline`, which copies
+        its table of reply callbacks into a new dict per pipeline and runs each command
+        through several layers: that was most of a worker's CPU per frame."""
+        clients = _publish_clients(self._get_layer())
+        for index, packed in self._packed_by_shard(batch, len(clients)).items():
+            await _send_packed(clients[index], b"".join(packed), len(packed))
+
+    def publish_group_messages_blocking(self, batch: list[tuple[list[str], dict[str, Any]]]) -> None:
+        """The same from one plain thread (the worker's publisher), with replies off.
+
+        An event loop in a thread of a busy worker pays a GIL hand-over at each of its
+        steps (the wake-up, the write, each reply); here a batch is one blocking write
+        per shard on a connection that told Redis not to answer (`ShardWriter`), and
+        nothing is read back."""
+        writers = self._shard_writers()
+        for index, packed in self._packed_by_shard(batch, len(writers)).items():
+            writers[index].send(b"".join(packed))
+
+    def _packed_by_shard(self, batch: list[tuple[list[str], dict[str, Any]]], shards: int) -> dict[int, list[bytes]]:
+        """PUBLISH commands per shard; each message serialized once for all its groups."""
+        prefix = self._kwargs.get("prefix", "asgi")
+        commands: dict[int, list[bytes]] = {}
         for groups, message in batch:
             data = self.serialize(message)
             for group in groups:
-                channel = layer._get_group_channel_name(group)
-                index = _consistent_hash(channel, len(clients))
-                if index not in pipelines:
-                    pipelines[index] = clients[index].pipeline(transaction=False)
-                pipelines[index].publish(channel, data)
-        for pipe in pipelines.values():
-            await pipe.execute()
+                channel = f"{prefix}__group__{group}"  # RedisPubSubLoopLayer._get_group_channel_name
+                index = _consistent_hash(channel, shards)
+                commands.setdefault(index, []).append(_packed_publish(channel, data))
+        return commands
+
+    def _shard_writers(self) -> list[ShardWriter]:
+        pid = os.getpid()
+        owned: tuple[int, list[ShardWriter]] | None = self.__dict__.get("_writers")  # not the layer proxy
+        if owned is None or owned[0] != pid:  # a fork gets connections of its own
+            hosts = self._kwargs.get("hosts", self._args[0] if self._args else None)
+            owned = (pid, [ShardWriter(_blocking_pool(host)) for host in decode_hosts(hosts)])
+            self._writers = owned
+        return owned[1]
+
+
+class ShardWriter:
+    """A connection to one shard on which Redis sends no replies (`CLIENT REPLY OFF`,
+    sent again on every reconnect): PUBLISH answers only with a count of receivers,
+    which a publisher has no use for, and reading it costs a system call and a parse.
+
+    A connection that Redis dropped (a restart) fails on a write; the write is tried
+    once more on a new connection. Writes that the kernel took before it learnt the
+    connection was gone are lost, as anything published while Redis is away is: the
+    subscribers heal from snapshots when they reconnect (docs/architecture.md)."""
+
+    REPLY_OFF = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n"
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.connection = pool.make_connection()
+        self.connection.register_connect_callback(self._replies_off)
+
+    def _replies_off(self, connection: Any) -> None:
+        connection.send_packed_command([self.REPLY_OFF], check_health=False)
+
+    def send(self, packed: bytes) -> None:
+        for attempt in (1, 2):
+            try:
+                self.connection.send_packed_command([packed], check_health=False)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self.connection.disconnect()
+                if attempt == 2:
+                    raise
+
+
+def _blocking_pool(host: dict[str, Any]) -> redis.ConnectionPool:
+    """A blocking connection pool for a channel-layer host, as channels-redis's
+    `create_pool` builds an asyncio one. A write that Redis does not take within
+    PUBLISH_TIMEOUT fails (and is logged) rather than stalling the publisher."""
+    host = {"socket_timeout": PUBLISH_TIMEOUT, **host}
+    if "address" in host:
+        return redis.ConnectionPool.from_url(host.pop("address"), **host)
+    master_name = host.pop("master_name", None)
+    if master_name is not None:
+        sentinel = redis.sentinel.Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None))
+        return redis.sentinel.SentinelConnectionPool(master_name, sentinel, **host)
+    return redis.ConnectionPool(**host)
+
+
+def _packed_publish(channel: str, data: bytes) -> bytes:
+    """`PUBLISH channel data` in Redis's wire protocol (RESP)."""
+    name = channel.encode()
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(data), data)
+
+
+async def _send_packed(client: Any, packed: bytes, replies: int) -> None:
+    """Writes packed commands on one pooled connection and reads their replies.
+
+    A connection that Redis dropped meanwhile (a restart) is replaced once, as
+    redis-py's own pipeline does; a second failure is the caller's to log."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        for attempt in (1, 2):
+            try:
+                await connection.send_packed_command([packed], check_health=False)
+                for _ in range(replies):
+                    await connection.read_response()
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                await connection.disconnect()
+                if attempt == 2:
+                    raise
+    finally:
+        await pool.release(connection)
 
 
 def _publish_clients(layer: JobStreamLoopLayer) -> list[Any]:

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -38,7 +39,7 @@ MAX_BATCH = 500  # frames per pipelined round trip: bounds one Redis write at a 
 
 
 class Publisher:
-    """A per-process event loop that sends to the channel layer and hears cancels."""
+    """Per process: a sender thread for frames, and an event loop that hears cancels."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,9 +49,10 @@ class Publisher:
         self._cancel_watchers: dict[str, Callable[[], None]] = {}
         self._cancel_listener: concurrent.futures.Future[Any] | None = None
         self._listener_ready = threading.Event()
-        self._outbox: asyncio.Queue[tuple[list[str], LayerJobMessage]] = asyncio.Queue()
+        self._sender_pid: int | None = None
+        self._outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]] = queue.SimpleQueue()
         self._handed = 0  # frames handed over by callers ...
-        self._settled = 0  # ... and sent (or given up on) by the loop
+        self._settled = 0  # ... and sent (or given up on) by the sender
         self._settled_changed = threading.Condition()
 
     # --- the loop ----------------------------------------------------------------
@@ -68,8 +70,6 @@ class Publisher:
                 self._pending = set()
                 self._cancel_listener = None
                 self._listener_ready = threading.Event()
-                self._outbox = asyncio.Queue()
-                asyncio.run_coroutine_threadsafe(self._send_frames(), loop)
             return self._loop
 
     def _submit(self, coro: Coroutine[Any, Any, Any], what: str) -> concurrent.futures.Future[Any]:
@@ -101,20 +101,42 @@ class Publisher:
     # --- job frames --------------------------------------------------------------
 
     def send_job_frame(self, groups: list[str], message: LayerJobMessage) -> None:
-        """Hands a frame to the loop and returns at once; frames leave in this order."""
-        loop = self._ensure_loop()
+        """Hands a frame to the sender thread and returns at once; frames leave in this order."""
+        if self._sender_pid != os.getpid():
+            self._start_sender()
         with self._lock:
             self._handed += 1
-        loop.call_soon_threadsafe(self._outbox.put_nowait, (groups, message))
+        self._outbox.put((groups, message))
 
-    async def _send_frames(self) -> None:
-        """The one sender: takes every frame waiting and sends them in one round trip."""
+    def _start_sender(self) -> None:
+        with self._lock:
+            if self._sender_pid == os.getpid():
+                return
+            # A fork (Celery's prefork pool) starts its own sender; what the parent had
+            # waiting is the parent's.
+            self._outbox = queue.SimpleQueue()
+            self._handed = self._settled = 0
+            self._settled_changed = threading.Condition()
+            threading.Thread(
+                target=self._send_frames, args=(self._outbox,), name="jobstream-sender", daemon=True
+            ).start()
+            self._sender_pid = os.getpid()
+
+    def _send_frames(self, outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]]) -> None:
+        """The one sender: takes every frame waiting and sends them in one round trip.
+
+        A plain thread with blocking writes, not a coroutine on the event loop: in a
+        worker whose job threads report hundreds of times a second, each step of an
+        event loop (wake-up, write, every reply) waits for the GIL again."""
         while True:
-            batch = [await self._outbox.get()]
-            while not self._outbox.empty() and len(batch) < MAX_BATCH:
-                batch.append(self._outbox.get_nowait())
+            batch = [outbox.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(outbox.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                await _send_batch(batch)
+                self._send_batch(batch)
             except Exception as exc:
                 # Publishing never fails a job: the database keeps the truth and every
                 # client heals from a snapshot.
@@ -122,6 +144,15 @@ class Publisher:
             with self._settled_changed:
                 self._settled += len(batch)
                 self._settled_changed.notify_all()
+
+    def _send_batch(self, batch: list[tuple[list[str], LayerJobMessage]]) -> None:
+        layer = get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS must define a default layer"
+        if isinstance(layer, JobStreamChannelLayer):
+            layer.publish_group_messages_blocking([(groups, dict(message)) for groups, message in batch])
+            return
+        # Another layer: one group_send at a time, in order, on the event loop.
+        asyncio.run_coroutine_threadsafe(_group_send_each(layer, batch), self._ensure_loop()).result()
 
     # --- cancel requests -----------------------------------------------------------
 
@@ -177,13 +208,8 @@ class Publisher:
                 await client.aclose()
 
 
-async def _send_batch(batch: list[tuple[list[str], LayerJobMessage]]) -> None:
-    layer = get_channel_layer()
-    assert layer is not None, "CHANNEL_LAYERS must define a default layer"
-    if isinstance(layer, JobStreamChannelLayer):
-        await layer.publish_group_messages([(groups, dict(message)) for groups, message in batch])
-        return
-    for groups, message in batch:  # another layer: one group_send at a time, in order
+async def _group_send_each(layer: Any, batch: list[tuple[list[str], LayerJobMessage]]) -> None:
+    for groups, message in batch:
         for group in groups:
             await layer.group_send(group, dict(message))
 

@@ -12,8 +12,10 @@ Redis, which the other tests share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import select
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -475,3 +477,58 @@ async def test_every_watcher_ends_on_the_true_state_within_5_s_of_redis_coming_b
     # Five sockets, four reads: the two sockets of one job shared theirs.
     assert "resynced 5 socket(s) after Redis came back: 4 database read(s)" in log, log[-3000:]
     assert redis_answers(own_redis.url)
+
+
+# --- the worker's blocking publisher -------------------------------------------------
+
+
+def subscribed(url: str, channel: str) -> Any:
+    pubsub = redis.Redis.from_url(url).pubsub()
+    pubsub.subscribe(channel)
+    assert wait_until(lambda: pubsub.get_message(timeout=0.1) is not None, timeout=FRAME_TIMEOUT)  # the confirmation
+    return pubsub
+
+
+def next_data(pubsub: Any) -> bytes | None:
+    deadline = time.monotonic() + FRAME_TIMEOUT
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.2)
+        if message is not None and message["type"] == "message":
+            return bytes(message["data"])
+    return None
+
+
+def writer_socket(layer: JobStreamChannelLayer) -> Any:
+    (writer,) = layer._shard_writers()
+    connection: Any = writer.connection
+    return connection._sock
+
+
+def test_blocking_publish_reaches_subscribers_and_redis_sends_it_no_replies(own_redis: RestartableRedis) -> None:
+    layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
+    pubsub = subscribed(own_redis.url, "asgi__group__quiet")
+    layer.publish_group_messages_blocking([(["quiet"], frame(seq)) for seq in range(1, 51)])
+    seqs = [layer.deserialize(next_data(pubsub))["seq"] for _ in range(50)]
+    assert seqs == list(range(1, 51))
+    readable, _, _ = select.select([writer_socket(layer)], [], [], 0.5)
+    assert readable == []  # 50 PUBLISHes and not a byte back: CLIENT REPLY OFF holds
+
+
+def test_blocking_publish_reconnects_with_replies_off_after_a_redis_restart(own_redis: RestartableRedis) -> None:
+    layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
+    layer.publish_group_messages_blocking([(["restart"], frame(1))])
+    own_redis.restart()
+    pubsub = subscribed(own_redis.url, "asgi__group__restart")
+    # The first write after the restart may go into the dead connection's kernel buffer
+    # (lost, as anything published while Redis is away); within a few it fails, and the
+    # writer reconnects and turns replies off again.
+    received: bytes | None = None
+    for seq in range(2, 12):
+        with contextlib.suppress(redis.ConnectionError):
+            layer.publish_group_messages_blocking([(["restart"], frame(seq))])
+        received = next_data(pubsub) if seq >= 3 else None
+        if received is not None:
+            break
+    assert received is not None and layer.deserialize(received)["type"] == "job.frame"
+    readable, _, _ = select.select([writer_socket(layer)], [], [], 0.5)
+    assert readable == []
