@@ -54,8 +54,10 @@ from notifications.layers import (
     subscriber_reconnects,
 )
 from notifications.quotas import socket_slot_acquire, socket_slot_release
+from notifications.transport import FrameCache, daphne_protocol, write_frame
 
 logger = logging.getLogger(__name__)
+FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
 
 MAX_FRAME_BYTES = 4096  # DESIGN.md: a client frame over 4 KiB closes with 1009
 FLOOD_BURST = 20  # client frames allowed at once ...
@@ -98,6 +100,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         self.tokens_at = time.monotonic()
         self.owner = None
         self.closed = False
+        self.daphne_protocol: Any = None  # set once accepted, when daphne serves the socket
         self.reconnects_at_join = subscriber_reconnects()  # see go_direct
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
@@ -113,6 +116,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         wrapper = getattr(self.base_send, "__self__", None)
         if isinstance(wrapper, InstanceSessionWrapper):
             self.base_send = wrapper.real_send
+        self.daphne_protocol = daphne_protocol(self.base_send)
 
     async def start_stream(self) -> None:
         raise NotImplementedError
@@ -206,7 +210,9 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         if self.closed or event["seq"] <= self.last_seq.get(event["job_id"], 0):
             return
         self.last_seq[event["job_id"]] = event["seq"]
-        await self.send(text_data=event["text"])
+        protocol = self.daphne_protocol
+        if protocol is None or not write_frame(protocol, FRAMES.frame_of(event)):
+            await self.send(text_data=event["text"])
         await self.after_frame(event)
 
     async def after_frame(self, event: LayerJobMessage) -> None:

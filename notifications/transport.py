@@ -25,13 +25,22 @@ every frame sent, whether or not debug logging is on: about 10 % of daphne's CPU
 frame in bench/fanout.py. Its WebSocket protocol gets plain labels instead (the same
 names and values, uncoloured, as the stock ones give with click absent).
 
+Framed once. A job frame goes to every socket watching the job as the same text, and
+each went through daphne's reply handler and autobahn's `sendMessage`, `sendFrame` and
+`sendData` (type checks, encoding, header, counters) per socket. The consumers frame
+the text once per message (`FrameCache`) and write the bytes to daphne's socket
+themselves (`write_frame`) while the socket is open and nothing special is on
+(compression, fragmentation, frame logging: then autobahn's path is kept).
+
 TLS connections keep the stock path. Twisted is pinned in requirements.txt; the
 attributes used here are those of its `FileDescriptor` and `tcp.Connection`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 MAX_UNSENT_BYTES = 1024 * 1024
 
 _installed = False
+STATE_OPEN = 3  # autobahn's WebSocketProtocol.STATE_OPEN
+SEND_STATE_GROUND = 0  # ... and SEND_STATE_GROUND: no message half sent
 
 
 def unsent_bytes(connection: Any) -> int:
@@ -79,6 +90,67 @@ def write(connection: Any, data: bytes) -> None:
                 return
             data = data[sent:]
     FileDescriptor.write(connection, data)
+
+
+def daphne_protocol(send: Any) -> Any | None:
+    """The daphne WebSocketProtocol behind an ASGI `send`, when that send is daphne's own
+    (`functools.partial(Server.handle_reply, protocol)`); None behind anything else."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    if isinstance(send, functools.partial) and getattr(send.func, "__name__", "") == "handle_reply" and send.args:
+        protocol = send.args[0]
+        if isinstance(protocol, WebSocketProtocol):
+            return protocol
+    return None
+
+
+def text_frame(text: str) -> bytes:
+    """A whole unmasked WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+class FrameCache:
+    """The wire frame of the newest message: the subscriber hands one message to every
+    member socket in turn, so each message is framed once, not once per socket."""
+
+    __slots__ = ("frame", "message")
+
+    def __init__(self) -> None:
+        self.message: object = None
+        self.frame = b""
+
+    def frame_of(self, message: Mapping[str, Any]) -> bytes:
+        if message is not self.message:
+            self.frame = text_frame(message["text"])
+            self.message = message
+        return self.frame
+
+
+def write_frame(protocol: Any, frame: bytes) -> bool:
+    """Writes a prebuilt text frame straight to daphne's socket, skipping the six calls
+    from daphne's reply handler through autobahn's framing. False, writing nothing, when
+    autobahn must decide itself: the socket not open, a fragmented or compressed
+    message, timings or frame logging on."""
+    if (
+        protocol.state != STATE_OPEN
+        or protocol.send_state != SEND_STATE_GROUND
+        or protocol._perMessageCompress is not None
+        or protocol.autoFragmentSize
+        or protocol.trackedTimings
+        or protocol.logFrames
+        or protocol.logOctets
+    ):
+        return False
+    protocol.transport.write(frame)
+    return True
 
 
 def plain_type_label(obj: Any) -> str:

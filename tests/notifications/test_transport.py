@@ -344,3 +344,97 @@ def test_autobahn_log_labels_are_plain_once_installed() -> None:
     label = autobahn_protocol.hltype(test_autobahn_log_labels_are_plain_once_installed)
     assert label == f"<{__name__}.test_autobahn_log_labels_are_plain_once_installed>"
     assert autobahn_protocol.hlval(1234) == "1234"  # no click colour codes, built on every frame sent
+
+
+# --- frames framed once ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    # each length form of RFC 6455 on both sides of its bound (in bytes), and multi-byte UTF-8
+    ["", "x" * 125, "x" * 126, "x" * 65535, "x" * 65536, "x" * 200_000, "é" * 100],
+)
+def test_a_prebuilt_frame_is_the_text_frame_a_websocket_client_reads(text: str) -> None:
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    reader = StreamReader()
+    reader.feed_data(transport.text_frame(text))
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    try:
+        next(parser)
+    except StopIteration as done:
+        parsed = done.value
+    else:
+        raise AssertionError("the frame was incomplete")
+    assert parsed.opcode is Opcode.TEXT and parsed.fin and not parsed.rsv1
+    assert parsed.data.decode() == text
+    assert not reader.buffer  # nothing left over
+
+
+def test_frame_cache_frames_each_message_once() -> None:
+    cache = transport.FrameCache()
+    first = {"text": '{"a": 1}'}
+    frame = cache.frame_of(first)
+    assert cache.frame_of(first) is frame  # the same message, socket after socket
+    assert cache.frame_of({"text": '{"a": 2}'}) == transport.text_frame('{"a": 2}')
+
+
+class FakeProtocol:
+    """The attributes of autobahn's WebSocketProtocol that `write_frame` reads."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.state = transport.STATE_OPEN
+        self.send_state = transport.SEND_STATE_GROUND
+        self._perMessageCompress = None
+        self.autoFragmentSize = 0
+        self.trackedTimings = None
+        self.logFrames = False
+        self.logOctets = False
+        self.written: list[bytes] = []
+        self.transport = self
+        self.__dict__.update(overrides)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+def test_write_frame_writes_to_an_open_plain_socket() -> None:
+    protocol = FakeProtocol()
+    assert transport.write_frame(protocol, b"\x81\x00")
+    assert protocol.written == [b"\x81\x00"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"state": 4},  # closing: autobahn's path raises or drops as it always did
+        {"send_state": 1},  # a fragmented message half sent
+        {"_perMessageCompress": object()},
+        {"autoFragmentSize": 1024},
+        {"trackedTimings": object()},
+        {"logFrames": True},
+        {"logOctets": True},
+    ],
+)
+def test_write_frame_leaves_anything_special_to_autobahn(overrides: dict[str, Any]) -> None:
+    protocol = FakeProtocol(**overrides)
+    assert not transport.write_frame(protocol, b"\x81\x00")
+    assert protocol.written == []
+
+
+def test_daphne_protocol_is_found_only_behind_daphnes_own_send() -> None:
+    import functools
+
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    protocol = WebSocketProtocol()
+    server = Server.__new__(Server)
+    assert transport.daphne_protocol(functools.partial(server.handle_reply, protocol)) is protocol
+
+    async def other_send(message: Any) -> None:
+        pass
+
+    assert transport.daphne_protocol(other_send) is None
+    assert transport.daphne_protocol(functools.partial(server.handle_reply, object())) is None
