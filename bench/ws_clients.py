@@ -3,7 +3,8 @@
 Thousands of sockets receiving thousands of frames a second would saturate the core
 of a single Python process and the benchmark would measure the client. So the
 watchers are split over a few processes (`ClientProcess`), each one asyncio loop with
-the `websockets` library. A process records, per socket, every frame as
+the `websockets` library's protocol (sans I/O) on bare asyncio transports. A process
+records, per socket, every frame as
 (seq, progress current, state, latency ms), latency being its receive `time.time()`
 minus the frame's `job.updated_at` (the worker's `time.time()` at report: one
 machine, one clock), and hands the lot back to the parent when every socket has
@@ -25,8 +26,12 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import Frame as Frame_
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.typing import Origin
+from websockets.uri import parse_uri
 
 CONNECT_CONCURRENCY = 50  # handshakes in flight per process; daphne drops those it cannot accept within 5 s
 CONNECT_RETRIES = 5  # a failed handshake is retried, with backoff and jitter, like a browser's reconnect
@@ -62,6 +67,7 @@ class WatcherResult:
     close_code: int | None = None
     terminal_at: float | None = None  # time.time() when the terminal frame arrived
     frames: list[Frame] = field(default_factory=list)
+    raw: list[tuple[float, bytes]] = field(default_factory=list)  # (receive time.time(), text), until parsed
 
 
 @dataclass
@@ -81,7 +87,7 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _parse(text: str | bytes, received: float) -> Frame | None:
+def _parse(text: bytes, received: float) -> Frame | None:
     message = json.loads(text)
     if message.get("type") != "job":
         return None
@@ -91,24 +97,93 @@ def _parse(text: str | bytes, received: float) -> Frame | None:
     return (job["seq"], progress["current"] if progress else None, job["state"], (received - produced) * 1000)
 
 
+class _Socket(asyncio.Protocol):
+    """One watcher socket: websockets' own protocol (sans I/O) on a bare asyncio
+    transport. A text frame costs a parse and an append; the JSON is read after the
+    run. The library's asyncio connection wakes a reader task per frame through a
+    queue, which cost the benchmark's clients as much CPU as daphne spent sending."""
+
+    def __init__(self, uri: str, origin: str, cookie: str) -> None:
+        self.protocol = ClientProtocol(parse_uri(uri), origin=Origin(origin))
+        self.request = self.protocol.connect()
+        self.request.headers["Cookie"] = cookie
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.first: asyncio.Future[None] = self.loop.create_future()  # the snapshot, sent at accept
+        self.raw: list[tuple[float, bytes]] = []  # (receive time.time(), text frame)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        received = time.time()
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Frame_):
+                if event.opcode is Opcode.TEXT:
+                    self.raw.append((received, event.data))
+                    if not self.first.done():
+                        self.first.set_result(None)
+            elif not self.opened.done():  # the handshake's response
+                if protocol.handshake_exc is not None:
+                    self.opened.set_exception(protocol.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+        if self.protocol.close_expected():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        """Starts the closing handshake (the parent's deadline came)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1000)
+            self._flush()
+        elif self.transport is not None:
+            self.transport.close()
+
+
+async def _open(plan: ClientPlan, job_id: str) -> _Socket:
+    host, port = plan.ws_url.removeprefix("ws://").split(":")
+    uri = f"{plan.ws_url}/ws/jobs/{job_id}/"
+    loop = asyncio.get_running_loop()
+    _, socket = await loop.create_connection(lambda: _Socket(uri, plan.origin, plan.cookie), host, int(port))
+    try:
+        await socket.opened
+    except BaseException:
+        if socket.transport is not None:
+            socket.transport.close()
+        raise
+    return socket
+
+
 async def _watch(plan: ClientPlan, result: WatcherResult, gate: asyncio.Semaphore, on_open: Callable[[], None]) -> None:
     """Follows one socket until it closes; `on_open` once it has its snapshot (or failed)."""
     attempt = 0
     while True:
         try:
             async with gate:
-                socket: ClientConnection = await asyncio.wait_for(
-                    connect(
-                        f"{plan.ws_url}/ws/jobs/{result.job_id}/",
-                        origin=plan.origin,  # type: ignore[arg-type]
-                        additional_headers={"Cookie": plan.cookie},
-                        compression=None,  # daphne does not negotiate it; say so rather than offer it
-                        open_timeout=CONNECT_TIMEOUT,
-                        close_timeout=CLOSE_TIMEOUT,
-                        max_queue=None,  # never push back on daphne: buffering here is not the product's lag
-                    ),
-                    CONNECT_TIMEOUT,
-                )
+                socket = await asyncio.wait_for(_open(plan, result.job_id), CONNECT_TIMEOUT)
             break
         except Exception as exc:  # refused, timed out, dropped by daphne: retried as a browser would
             attempt += 1
@@ -120,23 +195,32 @@ async def _watch(plan: ClientPlan, result: WatcherResult, gate: asyncio.Semaphor
             await asyncio.sleep(random.uniform(0.5, 1.0) * attempt)  # backoff with jitter
     result.connected_at = time.time()
     try:
-        async for text in socket:
-            received = time.time()
-            frame = _parse(text, received)
-            if frame is None:
-                continue
-            if not result.frames:
-                on_open()
-            result.frames.append(frame)
-            if frame[2] in TERMINAL:
-                result.terminal_at = received
-    except ConnectionClosed:
-        pass
+        await asyncio.wait([socket.first, socket.closed], return_when=asyncio.FIRST_COMPLETED)
+        on_open()
+        await socket.closed
+    except asyncio.CancelledError:
+        socket.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(socket.closed), CLOSE_TIMEOUT)
+        except TimeoutError:
+            if socket.transport is not None:
+                socket.transport.abort()
     finally:
-        if not result.frames:
-            on_open()  # closed before any frame: it will get none
-        await socket.close()
-        result.close_code = socket.close_code
+        result.close_code = socket.protocol.close_code
+        result.raw = socket.raw
+
+
+def _parse_frames(result: WatcherResult) -> None:
+    """Turns a socket's raw frames into `frames`, once every socket of the process has
+    closed: parsing while other sockets still receive would be the client's load."""
+    for received, text in result.raw:
+        frame = _parse(text, received)
+        if frame is None:
+            continue
+        result.frames.append(frame)
+        if frame[2] in TERMINAL:
+            result.terminal_at = received
+    result.raw = []
 
 
 async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientResult:
@@ -165,6 +249,8 @@ async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientRes
             break
         _, pending = await asyncio.wait(pending, timeout=STOP_POLL_SECONDS)
     await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        _parse_frames(result)
     return ClientResult(
         watchers=results,
         cpu_seconds=time.process_time() - cpu_before,
