@@ -42,7 +42,7 @@ from jobs.progress import Progress, ProgressUpdate
 from jobs.quotas import job_quota_check
 from jobs.selectors import job_get_visible, job_queue_position
 from jobs.uploads import upload_remove, upload_save, uploads_root
-from notifications.publish import publish_job_change, publisher
+from notifications.publish import ProgressFrames, publish_job_change, publisher
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +269,7 @@ class RunningJob:
         self.persisted_seq = job.seq
         self.persisted_at = time.monotonic()
         self.last_update: ProgressUpdate | None = None  # the newest progress published
+        self.frames = ProgressFrames(job)
 
     def report(self, update: ProgressUpdate) -> bool:
         """Publishes one progress update; True when the job must stop."""
@@ -278,7 +279,7 @@ class RunningJob:
         for name, value in _progress_fields(update).items():
             setattr(job, name, value)
         job.updated_at = datetime.fromtimestamp(update.at, tz=UTC)
-        publish_job_change(job)
+        self.frames.publish(job)
         if job.seq - self.persisted_seq >= SEQ_WINDOW // 2 or time.monotonic() - self.persisted_at >= PERSIST_INTERVAL:
             return self.persist()
         return False

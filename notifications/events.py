@@ -120,13 +120,17 @@ def job_payload(job: Job, *, staff: bool = False, queue_position: int | None = N
     return payload
 
 
+# allow_nan=False: a NaN in a result would be invalid JSON for browsers. One encoder for
+# every frame: `json.dumps` with any option builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(frame: JobFrame | SnapshotFrame | ErrorFrame) -> str:
-    # allow_nan=False: a NaN in a result would be invalid JSON for browsers.
-    return json.dumps(frame, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(frame)
 
 
 def payload_text(payload: JobPayload) -> str:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(payload)
 
 
 def job_frame_text(payload: JobPayload) -> str:

@@ -27,7 +27,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from jobs.models import Job
-from notifications.events import LayerJobMessage, job_frame_text, job_payload
+from notifications.events import LayerJobMessage, job_frame_text, job_payload, progress_payload, timestamp
 from notifications.groups import job_group, owner_group, staff_group
 from notifications.layers import JobStreamChannelLayer
 
@@ -223,19 +223,41 @@ def _redis_client() -> Any:
 publisher = Publisher()
 
 
+def job_groups(job: Job) -> list[str]:
+    """Where a job's frames go: its job group, its owner's group and the staff group."""
+    return [job_group(job.id), owner_group(job.owner_key), staff_group()]
+
+
 def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
     """Sends a job's new state to its job group, its owner's group and the staff group.
 
     The frame is encoded once here; consumers forward the text as it is.
     """
-    message: LayerJobMessage = {
-        "type": "job.frame",
-        "job_id": str(job.id),
-        "seq": job.seq,
-        "terminal": job.is_terminal,
-        "text": job_frame_text(job_payload(job, queue_position=queue_position)),
-    }
-    groups = [job_group(job.id), owner_group(job.owner_key), staff_group()]
+    text = job_frame_text(job_payload(job, queue_position=queue_position))
+    publish_frame(job_groups(job), str(job.id), job.seq, job.is_terminal, text)
+
+
+class ProgressFrames:
+    """The progress frames of one running job, built from what does not change while it
+    runs (id, kind, params, times, groups) and the three fields that do (seq, progress,
+    updated_at): the same text as `job_payload` gives, for a fraction of its work, on
+    the path every report takes (`RunningJob.report`)."""
+
+    def __init__(self, job: Job) -> None:
+        self.base = job_payload(job)
+        self.job_id = str(job.id)
+        self.groups = job_groups(job)
+
+    def publish(self, job: Job) -> None:
+        payload = self.base.copy()
+        payload["seq"] = job.seq
+        payload["progress"] = progress_payload(job)
+        payload["updated_at"] = timestamp(job.updated_at) or ""
+        publish_frame(self.groups, self.job_id, job.seq, False, job_frame_text(payload))
+
+
+def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text: str) -> None:
+    message: LayerJobMessage = {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": text}
     if settings.JOBSTREAM_PUBLISHER == "naive":
         # The benchmarks' baseline keeps the two groups it was measured with: a third
         # group_send per update would make the usual pattern look worse than it is.

@@ -12,8 +12,9 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from jobs.models import Job, JobState
+from notifications.events import job_frame_text, job_payload
 from notifications.groups import job_group, owner_group
-from notifications.publish import publish_job_change, publisher
+from notifications.publish import ProgressFrames, publish_job_change, publisher
 from tests.waiting import wait_until
 
 RECEIVE_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
@@ -134,3 +135,21 @@ def test_flush_with_nothing_pending_returns_true_at_once() -> None:
     assert wait_until(lambda: not publisher._pending, timeout=RECEIVE_TIMEOUT)
 
     assert publisher.flush(timeout=0) is True
+
+
+async def test_a_running_jobs_progress_frame_is_the_frame_job_payload_gives() -> None:
+    job = unsaved_job(seq=3)
+    job.started_at = job.created_at
+    frames = ProgressFrames(job)  # built once when the run starts
+    job.seq = 4
+    job.has_progress = True
+    job.progress_current, job.progress_total, job.progress_message = 2.5, 10, 'step "two" <b>'
+    job.progress_rate, job.progress_eta_seconds = 0.8333, 9.04
+    job.updated_at = datetime.now(UTC)
+    layer, channel = await subscribe(job_group(job.id))
+
+    frames.publish(job)
+    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+
+    assert message["text"] == job_frame_text(job_payload(job))
+    assert (message["job_id"], message["seq"], message["terminal"]) == (str(job.id), 4, False)
