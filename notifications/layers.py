@@ -53,7 +53,7 @@ DRAIN_MAX = 1000  # messages taken from the subscriber socket per pass of the ev
 # attempt costs one refused connect, so the cap stays at a second.
 RECONNECT_DELAY_FIRST = 0.05
 RECONNECT_DELAY_MAX = 1.0
-PUBLISH_TIMEOUT = 5.0  # seconds a blocking publish may wait on Redis before it fails
+PUBLISH_TIMEOUT = 1.0  # seconds a blocking publish (or its connect) may wait on Redis before it fails
 
 T = TypeVar("T")
 Push = Callable[[Any], Awaitable[None]]
@@ -441,7 +441,7 @@ def _blocking_pool(host: dict[str, Any]) -> redis.ConnectionPool:
     """A blocking connection pool for a channel-layer host, as channels-redis's
     `create_pool` builds an asyncio one. A write that Redis does not take within
     PUBLISH_TIMEOUT fails (and is logged) rather than stalling the publisher."""
-    host = {"socket_timeout": PUBLISH_TIMEOUT, **host}
+    host = {"socket_timeout": PUBLISH_TIMEOUT, "socket_connect_timeout": PUBLISH_TIMEOUT, **host}
     if "address" in host:
         return redis.ConnectionPool.from_url(host.pop("address"), **host)
     master_name = host.pop("master_name", None)

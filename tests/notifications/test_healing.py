@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -42,12 +42,14 @@ from jobs.models import Job, JobState
 from notifications.events import job_frame_text, job_payload
 from notifications.groups import staff_group
 from notifications.layers import (
+    PUBLISH_TIMEOUT,
     JobStreamChannelLayer,
     SharedReads,
     deliver_directly,
     stop_direct,
     subscriber_reconnects,
 )
+from notifications.publish import Publisher
 from tests.live_daphne import DaphneProcess, start_celery_worker
 from tests.processes import stop_process
 from tests.waiting import async_wait_until, wait_until
@@ -532,3 +534,34 @@ def test_blocking_publish_reconnects_with_replies_off_after_a_redis_restart(own_
     assert received is not None and layer.deserialize(received)["type"] == "job.frame"
     readable, _, _ = select.select([writer_socket(layer)], [], [], 0.5)
     assert readable == []
+
+
+def test_a_publisher_writes_from_the_callers_thread_and_survives_a_redis_restart(own_redis: RestartableRedis) -> None:
+    with override_settings(CHANNEL_LAYERS=channel_layers_for(own_redis.url)):
+        publisher = Publisher()
+        pubsub = subscribed(own_redis.url, "asgi__group__pub-restart")
+        publisher.send_job_frame(["pub-restart"], cast(Any, frame(1)))
+        assert publisher._handed == 0  # written by this thread: nothing went to the sender
+        data = next_data(pubsub)
+        assert data is not None and get_channel_layer().deserialize(data)["seq"] == 1
+
+        own_redis.stop()
+        started = time.monotonic()
+        for seq in range(2, 6):  # Redis away: frames are given up on, the caller is not held
+            publisher.send_job_frame(["pub-restart"], cast(Any, frame(seq)))
+        assert time.monotonic() - started < 3 * PUBLISH_TIMEOUT
+        assert publisher.flush(timeout=10 * PUBLISH_TIMEOUT)
+        assert publisher._handed >= 1  # the failed write went to the sender thread
+
+        own_redis.start()
+        pubsub = subscribed(own_redis.url, "asgi__group__pub-restart")
+        arrived: list[int] = []
+        for seq in range(6, 20):
+            publisher.send_job_frame(["pub-restart"], cast(Any, frame(seq)))
+            publisher.flush(timeout=FRAME_TIMEOUT)
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None and message["type"] == "message":
+                arrived.append(get_channel_layer().deserialize(message["data"])["seq"])
+                break
+        assert arrived, "no frame arrived after Redis came back"
+        assert wait_until(lambda: publisher._direct, timeout=FRAME_TIMEOUT)  # callers write their own again
