@@ -296,7 +296,9 @@ class RunningJob:
         column = {field.name: field.column for field in Job._meta.concrete_fields}
         columns = ", ".join(f"{column[name]} = %s" for name in fields)
         pk = Job._meta.get_field("id").get_db_prep_value(job.pk, connection)
-        with connection.cursor() as cursor:
+        # In a transaction, so that on SQLite it queues with the process's other writes
+        # (core/sqlite/base.py) rather than in SQLite's sleeping busy handler.
+        with transaction.atomic(), connection.cursor() as cursor:
             # One statement, no ORM round trip: this runs about once a second per job.
             # A run replaced after its worker was taken for lost finds another attempt
             # on the row, writes nothing and stops.
@@ -420,7 +422,8 @@ def job_heartbeat(*, runs: Mapping[uuid.UUID, int]) -> int:
     if not runs:
         return 0
     match = reduce(operator.or_, (Q(pk=job_id, attempts=attempt) for job_id, attempt in runs.items()))
-    return Job.objects.filter(match, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
+    with transaction.atomic():  # queued with the process's other writes on SQLite, as in persist()
+        return Job.objects.filter(match, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
 
 
 heartbeat = Heartbeat(lambda runs: job_heartbeat(runs=runs))

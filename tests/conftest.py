@@ -133,7 +133,7 @@ def _database_url_for_subprocess() -> str:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    if db["ENGINE"] == "django.db.backends.sqlite3":
+    if db["ENGINE"] == "core.sqlite":
         return f"sqlite:///{Path(db['NAME']).resolve()}"
     user = db.get("USER") or ""
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
