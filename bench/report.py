@@ -171,6 +171,20 @@ def reporter_section(report: dict[str, Any], img: Path) -> list[str]:
     return lines
 
 
+def worker_publish_section(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### Worker CPU per progress frame ({result['threads']} reporting threads at {fmt(result['rate_hz'])} Hz "
+        "in one process, `bench/worker_publish.py`)",
+        "",
+        "| path | µs of CPU per report | reports | CPU s | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        cells = [row["variant"], fmt(row["us_per_report"]), fmt(row["reports"]), row["cpu_s"], row["wall_s"]]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return [*lines, ""]
+
+
 def capacity_section(capacity: dict[str, Any]) -> list[str]:
     lines = ["### Connection capacity", ""]
     for part in capacity["results"]:
@@ -249,6 +263,8 @@ def main() -> int:
         lines += fanout_section(fanout, img)
     if reporter := load(args.results / "reporter.json"):
         lines += reporter_section(reporter, img)
+    if worker_publish := load(args.results / "worker_publish.json"):
+        lines += worker_publish_section(worker_publish)
     if capacity := load(args.results / "capacity.json"):
         lines += capacity_section(capacity)
     if submit := load(args.results / "submit.json"):
