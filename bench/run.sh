@@ -21,7 +21,7 @@ $PY bench/reporter_overhead.py | tee "$out/reporter.log"
 tail -n 1 "$out/reporter.log" > "$out/reporter.json"
 
 echo "== worker CPU per progress frame"
-$PY bench/worker_publish.py --repeat 2 | tee "$out/worker_publish.log"
+$PY bench/worker_publish.py --repeat 1 --seconds 4 | tee "$out/worker_publish.log"
 tail -n 1 "$out/worker_publish.log" > "$out/worker_publish.json"
 
 echo "== fan-out latency: ours vs naive"
