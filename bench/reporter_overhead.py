@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -42,8 +39,8 @@ if str(ROOT) not in sys.path:
 
 from celery import Task  # noqa: E402
 
+from bench.stack import django_here  # noqa: E402
 from celery_app import app  # noqa: E402  (configuration is read lazily, after main() sets the environment)
-from core.redis_local import start_redis  # noqa: E402
 
 DEFAULT_CALLS = 1_000_000
 DEFAULT_CELERY_PROGRESS_CALLS = 2_000  # each call is a Redis round trip (~250 µs): keep the run short
@@ -237,35 +234,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help="loops per row; the best one counts")
     args = parser.parse_args()
 
-    redis = start_redis()
-    workdir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
-    try:
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "core.settings",
-                "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-                "REDIS_URL": redis.url,
-                "MEDIA_ROOT": str(workdir / "media"),
-                "LOG_LEVEL": "WARNING",
-            }
-        )
-        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
-            os.environ.pop(name, None)  # both follow REDIS_URL
-        import django
-        from django.core.management import call_command
-        from django.db import connections
-
-        django.setup()
-        call_command("migrate", interactive=False, verbosity=0)
-        connections.close_all()
+    with django_here():
         result = run(args.calls, args.celery_progress_calls, args.repeat)
         print(json.dumps(result))
-    finally:
-        # The publisher's cancel listener outlives the worker; its reconnect warning
-        # after Redis stops says nothing about the measurement.
-        logging.getLogger("notifications.publish").setLevel(logging.ERROR)
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

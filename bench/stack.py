@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -197,6 +199,43 @@ class Stack:
             text=True,
         )
         return result.stdout.count("pong")
+
+
+@contextmanager
+def django_here(env: dict[str, str] | None = None) -> Iterator[RedisProcess]:
+    """Django in this process, on a Redis (free port) and a migrated throwaway SQLite
+    database of its own, both gone on the way out; `env` adds to the environment."""
+    import logging
+
+    redis = start_redis()
+    workdir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
+    try:
+        os.environ.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "core.settings",
+                "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+                "REDIS_URL": redis.url,
+                "MEDIA_ROOT": str(workdir / "media"),
+                "LOG_LEVEL": "WARNING",
+                **(env or {}),
+            }
+        )
+        for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+            os.environ.pop(name, None)  # both follow REDIS_URL
+        import django
+        from django.core.management import call_command
+        from django.db import connections
+
+        django.setup()
+        call_command("migrate", interactive=False, verbosity=0)
+        connections.close_all()
+        yield redis
+    finally:
+        # The publisher's cancel listener outlives the measurement; its reconnect
+        # warning after Redis stops says nothing about it.
+        logging.getLogger("notifications.publish").setLevel(logging.ERROR)
+        redis.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _postgres_admin(sql: str) -> None:

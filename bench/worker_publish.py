@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.redis_local import start_redis  # noqa: E402
+from bench.stack import django_here  # noqa: E402
 
 VARIANTS = ("full", "no-send", "no-emit")
 
@@ -102,26 +98,8 @@ def main() -> None:
     parser.add_argument("--only", choices=VARIANTS, help="measure one variant")
     args = parser.parse_args()
 
-    redis = start_redis()
-    workdir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
-    try:
-        os.environ.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "core.settings",
-                "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-                "REDIS_URL": redis.url,
-                "MEDIA_ROOT": str(workdir / "media"),
-                "LOG_LEVEL": "WARNING",
-                "PROGRESS_MAX_RATE": str(args.rate),
-                "JOB_QUOTA_ACTIVE": "0",
-                "JOB_QUOTA_PER_MINUTE": "0",
-            }
-        )
-        import django
-        from django.core.management import call_command
-
-        django.setup()
-        call_command("migrate", interactive=False, verbosity=0)
+    env = {"PROGRESS_MAX_RATE": str(args.rate), "JOB_QUOTA_ACTIVE": "0", "JOB_QUOTA_PER_MINUTE": "0"}
+    with django_here(env):
         rows = []
         for variant in [args.only] if args.only else VARIANTS:
             best = min(
@@ -135,10 +113,6 @@ def main() -> None:
                 flush=True,
             )
         print(json.dumps({"threads": args.threads, "rate_hz": args.rate, "rows": rows}))
-    finally:
-        logging.getLogger("notifications.publish").setLevel(logging.ERROR)
-        redis.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
