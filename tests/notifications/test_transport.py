@@ -344,6 +344,14 @@ def test_autobahn_log_labels_are_plain_once_installed() -> None:
     label = autobahn_protocol.hltype(test_autobahn_log_labels_are_plain_once_installed)
     assert label == f"<{__name__}.test_autobahn_log_labels_are_plain_once_installed>"
     assert autobahn_protocol.hlval(1234) == "1234"  # no click colour codes, built on every frame sent
+    from autobahn.twisted import websocket as autobahn_twisted
+
+    assert autobahn_twisted.hltype(plain_label_target) == f"<{__name__}.plain_label_target>"  # each read and close
+    assert autobahn_twisted.hlval(5) == "5"
+
+
+def plain_label_target() -> None:
+    pass
 
 
 # --- frames framed once ------------------------------------------------------------------
