@@ -6,9 +6,9 @@ worker process tops out near 200 updates a second. Here each process keeps its
 connections for its whole life: a frame is packed once and written by the job's own
 thread on a connection whose replies are off (nothing to wait for), or, when Redis
 does not take writes or older frames still wait, handed to one sender thread that
-batches them: a job waits for Redis only until a write fails
-(PUBLISH_TIMEOUT in notifications/layers.py), once. A fork (Celery's prefork pool) gets its
-own sender and connections on first use.
+batches them. A job waits for Redis only until a write fails (PUBLISH_TIMEOUT in
+notifications/layers.py), once. A fork (Celery's prefork pool) gets its own sender
+and connections on first use.
 
 An event loop in a daemon thread listens for cancel requests aimed at jobs running in
 this process, so a reporter learns of a cancel without asking the database.
