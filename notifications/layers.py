@@ -375,7 +375,9 @@ class JobStreamChannelLayer(RedisPubSubChannelLayer):
             await _send_packed(clients[index], b"".join(packed), len(packed))
 
     def publish_group_messages_blocking(self, batch: list[tuple[list[str], dict[str, Any]]]) -> None:
-        """The same from one plain thread (the worker's publisher), with replies off.
+        """The same from plain threads, one at a time (the Publisher holds a lock), with
+        replies off: what notifications/publish.py uses; the coroutine above serves
+        callers on an event loop.
 
         An event loop in a thread of a busy worker pays a GIL hand-over at each of its
         steps (the wake-up, the write, each reply); here a batch is one blocking write
