@@ -57,7 +57,6 @@ class Publisher:
         self._outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]] = queue.SimpleQueue()
         self._handed = 0  # frames handed to the sender thread ...
         self._settled = 0  # ... and sent (or given up on) by it
-        self._queued = 0  # frames handed to the sender thread and not yet sent
         self._direct = True  # callers write their own frames (see send_job_frame)
         self._write_lock = threading.Lock()  # one writer at a time on the layer's connections
         self._settled_changed = threading.Condition()
@@ -122,7 +121,7 @@ class Publisher:
         layer = get_channel_layer()
         if isinstance(layer, JobStreamChannelLayer) and self._direct and self._write_lock.acquire(blocking=False):
             try:
-                if self._direct and self._queued == 0:  # nothing older left to send first
+                if self._direct and self._settled == self._handed:  # nothing older left to send first
                     layer.publish_group_messages_blocking([(groups, dict(message))])
                     return
             except Exception as exc:
@@ -132,7 +131,6 @@ class Publisher:
                 self._write_lock.release()
         with self._lock:
             self._handed += 1
-            self._queued += 1
             self._outbox.put((groups, message))
 
     def _start_sender(self) -> None:
@@ -142,7 +140,7 @@ class Publisher:
             # A fork (Celery's prefork pool) starts its own sender; what the parent had
             # waiting is the parent's.
             self._outbox = queue.SimpleQueue()
-            self._handed = self._settled = self._queued = 0
+            self._handed = self._settled = 0
             self._direct = True
             self._write_lock = threading.Lock()
             self._settled_changed = threading.Condition()
@@ -172,8 +170,6 @@ class Publisher:
                 # Publishing never fails a job: the database keeps the truth and every
                 # client heals from a snapshot.
                 logger.warning("publishing %d frame(s) failed: %r", len(batch), exc)
-            with self._lock:
-                self._queued -= len(batch)
             with self._settled_changed:
                 self._settled += len(batch)
                 self._settled_changed.notify_all()
