@@ -45,6 +45,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from twisted.internet.abstract import FileDescriptor
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ logger = logging.getLogger(__name__)
 MAX_UNSENT_BYTES = 1024 * 1024
 
 _installed = False
-STATE_OPEN = 3  # autobahn's WebSocketProtocol.STATE_OPEN
-SEND_STATE_GROUND = 0  # ... and SEND_STATE_GROUND: no message half sent
+STATE_OPEN = AutobahnProtocol.STATE_OPEN
+SEND_STATE_GROUND = AutobahnProtocol.SEND_STATE_GROUND  # no message half sent
 
 
 def unsent_bytes(connection: Any) -> int:
