@@ -25,7 +25,8 @@ every frame sent, whether or not debug logging is on: about 10 % of daphne's CPU
 frame in bench/fanout.py. Its Twisted adapter does the same for every read and
 every connect and close (1-2 % of daphne's CPU while the sockets of finished jobs
 close). Both get plain labels instead (the same names and values, uncoloured, as
-the stock ones give with click absent).
+the stock ones give with click absent); a value label is the value itself, made text
+only by a log line that is written.
 
 Framed once. A job frame goes to every socket watching the job as the same text, and
 each went through daphne's reply handler and autobahn's `sendMessage`, `sendFrame` and
@@ -161,9 +162,12 @@ def plain_type_label(obj: Any) -> str:
     return f"<{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}>"
 
 
-def plain_value_label(value: Any, color: str = "white", bold: bool = True) -> str:
-    """autobahn's `hlval` without the colours."""
-    return str(value)
+def plain_value_label(value: Any, color: str = "white", bold: bool = True) -> Any:
+    """autobahn's `hlval` without the colours: the value itself, which the log line
+    renders as text only if it is written. (Every `hlval` in the patched modules is a
+    keyword argument of a log call; `str()` up front formatted a Twisted `Failure` on
+    every closed connection, debug logging on or off.)"""
+    return value
 
 
 def install() -> None:

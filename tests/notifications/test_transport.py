@@ -343,11 +343,24 @@ def test_autobahn_log_labels_are_plain_once_installed() -> None:
     transport.install()
     label = autobahn_protocol.hltype(test_autobahn_log_labels_are_plain_once_installed)
     assert label == f"<{__name__}.test_autobahn_log_labels_are_plain_once_installed>"
-    assert autobahn_protocol.hlval(1234) == "1234"  # no click colour codes, built on every frame sent
+    assert autobahn_protocol.hlval(1234) == 1234  # no click colour codes, built on every frame sent
     from autobahn.twisted import websocket as autobahn_twisted
 
     assert autobahn_twisted.hltype(plain_label_target) == f"<{__name__}.plain_label_target>"  # each read and close
-    assert autobahn_twisted.hlval(5) == "5"
+    assert autobahn_twisted.hlval(5) == 5
+    # A value label is rendered only by a log line that is written: a closed
+    # connection's Failure was formatted on every close, debug logging off.
+    reason = RendersOnDemand()
+    assert autobahn_twisted.hlval(reason) is reason and reason.rendered == 0
+    assert f"reason={autobahn_twisted.hlval(reason)}" == "reason=plain"
+
+
+class RendersOnDemand:
+    rendered = 0
+
+    def __str__(self) -> str:
+        self.rendered += 1
+        return "plain"
 
 
 def plain_label_target() -> None:
