@@ -9,12 +9,12 @@ from celery.signals import worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 
-from jobs.broker_fixes import install as install_broker_fixes
-
-install_broker_fixes()  # a worker survives a Redis restart with tasks running (jobs/broker_fixes.py)
-
 app = Celery("jobstream")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# The worker's patches of kombu and channels-redis, applied before it consumes; a safety
+# patch whose upstream is out of its range stops the worker (core/compat/worker.py). Named,
+# not imported: the `core` package imports this module, and core.compat is in it.
+app.steps["worker"].add("core.compat.worker:UpstreamPatches")
 app.autodiscover_tasks()
 
 
@@ -22,6 +22,6 @@ app.autodiscover_tasks()
 @worker_process_init.connect
 def _tune_gc(**_: object) -> None:
     """The worker (and each prefork child) freezes its start-up heap once ready (core/gc_tuning.py)."""
-    from core.gc_tuning import tune_after_startup
+    from core.gc_tuning import tune_after_startup  # TEMPORARY: core/__init__.py imports this module
 
     tune_after_startup()

@@ -11,8 +11,8 @@ processes (bench/ws_clients.py) so the client is not what is measured.
     .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --mode ours
 
 Modes:
-  ours   CHANNEL_LAYER=pubsub, JOBSTREAM_PUBLISHER=loop (the defaults)
-  naive  CHANNEL_LAYER=core, JOBSTREAM_PUBLISHER=naive: stock RedisChannelLayer and
+  ours   CHANNEL_LAYER=pubsub, JOBSTREAM_PUBLISHER unset (the defaults)
+  naive  CHANNEL_LAYER=core, JOBSTREAM_PUBLISHER=bench.naive_publisher.send_frame: stock RedisChannelLayer and
          async_to_sync(group_send) per update, the usual pattern
 
 Measured:
@@ -95,8 +95,8 @@ BASE_ENV = {
     "PROGRESS_MAX_RATE": "1000",  # above every tick rate: each tick is a frame
 }
 MODES: dict[str, dict[str, str]] = {
-    "ours": {"CHANNEL_LAYER": "pubsub", "JOBSTREAM_PUBLISHER": "loop"},
-    "naive": {"CHANNEL_LAYER": "core", "JOBSTREAM_PUBLISHER": "naive"},
+    "ours": {"CHANNEL_LAYER": "pubsub", "JOBSTREAM_PUBLISHER": ""},
+    "naive": {"CHANNEL_LAYER": "core", "JOBSTREAM_PUBLISHER": "bench.naive_publisher.send_frame"},
 }
 
 

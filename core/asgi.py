@@ -3,9 +3,9 @@
 Sockets pass Channels' AllowedHostsOriginValidator (a handshake with a foreign or no
 Origin gets 403) and the session middleware; the consumer finds the owner (user or
 anonymous token) from the session in its one database trip per handshake, so
-Channels' AuthMiddleware, a trip of its own, is left out.
-Daphne's TCP writes go straight to the socket when nothing is buffered
-(notifications/transport.py).
+Channels' AuthMiddleware, a trip of its own, is left out. The web process's patches of
+Twisted, autobahn, daphne and Channels are applied before anything is served
+(core/compat/web.py): a safety patch whose upstream is out of its range stops start-up here.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from core.compat import web as compat_web  # noqa: E402
 from core.gc_tuning import tune_after_startup  # noqa: E402
-from notifications import close_codes, transport  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
-transport.install()  # frames go to the kernel on write (notifications/transport.py)
-close_codes.install()  # a frame over 4 KiB can close with 1009 (notifications/close_codes.py)
+compat_web.install()
 
 application = ProtocolTypeRouter(
     {

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "core.compat",  # the version check of the patched upstreams (manage.py check)
     "jobs",
     "notifications",
 ]
@@ -103,9 +104,9 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Threads of one process queue for the write lock in Python, not in SQLite's
-    # sleeping busy handler (core/sqlite/base.py).
-    DATABASES["default"]["ENGINE"] = "core.sqlite"
+    # Django's SQLite backend, with a process's write transactions queued in Python rather
+    # than in SQLite's sleeping busy handler (core/compat/django).
+    DATABASES["default"]["ENGINE"] = "core.compat.django"
     # Workers, daphne and the tests write the same file: wait for the lock instead of
     # failing with "database is locked".
     # WAL lets readers (daphne) run beside the writer (a worker); synchronous=NORMAL is
@@ -164,7 +165,7 @@ CHANNEL_LAYER_BACKENDS = {
     # The pub/sub layer publishes a group message once and every daphne process that has
     # a member receives it once; the core layer's per-process list drops frames past its
     # capacity of 100 (logged only at INFO), which a progress stream cannot afford.
-    "pubsub": "notifications.layers.JobStreamChannelLayer",
+    "pubsub": "core.compat.channels_redis.JobStreamChannelLayer",
     "stock-pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",  # stock, for the benchmarks' baseline
 }
@@ -261,10 +262,10 @@ CELERY_BEAT_SCHEDULE = {
 # --- jobstream -------------------------------------------------------------------
 
 PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s per job
-# "loop": one long-lived event loop per process publishes (notifications/publish.py).
-# "naive": async_to_sync(group_send) per update, the usual pattern, kept as the
-# benchmarks' baseline.
-JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "loop")
+# How a frame leaves a process: empty for jobstream's publisher (notifications/publish.py),
+# else the dotted path of a `send(groups, message)` callable (the benchmarks' baseline,
+# bench/naive_publisher.py).
+JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "")
 JOBSTREAM_BENCH_KINDS = env_bool("JOBSTREAM_BENCH_KINDS", False)  # registers the `ticker` kind
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20

@@ -1,13 +1,13 @@
 """What the broker still holds of a task: its message waiting in a queue, or taken by a
 worker and not yet acknowledged. The sweeper asks, to find the jobs whose message the
-broker accepted and then lost (`job_resend_lost` in jobs/services.py).
+broker accepted and then lost (`job_resend_lost` in jobs/services/recovery.py).
 
-kombu's Redis transport keeps a queue as a list (LPUSH to send, BRPOP from the tail to
-take), one list per priority step (`celery`, then `celery\\x06\\x163` and so on), and a
-message a worker took but has not acknowledged in the `unacked` hash (delivery tag →
-JSON `[message, exchange, routing key]`). Each message is JSON whose `headers.id` is
-the Celery task id, which jobstream makes the job id (`job_dispatch`). Only Redis is
-searched: the fault this is for is a Redis without persistence restarting.
+kombu's Redis transport keeps a queue as lists (LPUSH to send, BRPOP from the tail to
+take), one per priority step, and a message a worker took but has not acknowledged in a
+hash (delivery tag → JSON `[message, exchange, routing key]`); where exactly is kombu's
+business (core/compat/kombu.py). Each message is JSON whose `headers.id` is the Celery
+task id, which jobstream makes the job id (`job_dispatch`). Only Redis is searched: the
+fault this is for is a Redis without persistence restarting.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any, cast
 import redis
 from celery import Celery
 from kombu import Connection
-from kombu.transport.redis import Channel as RedisChannel
+
+from core.compat import kombu as kombu_compat
 
 # A Celery message is about 1 KB: one round trip of SCAN_CHUNK is about 0.5 MB.
 SCAN_CHUNK = 500
@@ -62,15 +63,14 @@ def broker_task_ids_absent(
     missing = set(task_ids)
     if not missing:
         return missing
-    channel = connection.default_channel
-    if not isinstance(channel, RedisChannel):
-        raise BrokerNotSearchable(f"the broker is {connection.transport.driver_type}, not Redis")
-    # kombu's own client prefixes only the commands kombu sends (not LRANGE, not HSCAN):
-    # a plain client on the channel's pool, and every key prefixed here.
-    prefix = channel.global_keyprefix or ""
-    client = redis.Redis(connection_pool=channel.pool)
-    lists = [prefix + name for queue in queues for name in _priority_lists(channel, queue)]
-    unacked = prefix + channel.unacked_key
+    keys = kombu_compat.redis_message_keys(connection, queues)
+    if keys is None:
+        raise BrokerNotSearchable(
+            f"the broker is {connection.transport.driver_type}, not Redis"
+            if connection.transport.driver_type != "redis"
+            else f"kombu {kombu_compat.REDIS_LAYOUT.version} is outside the range its layout was read for"
+        )
+    client, lists, unacked = keys.client, keys.lists, keys.unacked
     with client.pipeline(transaction=False) as pipe:
         for name in lists:
             pipe.llen(name)
@@ -88,12 +88,6 @@ def broker_task_ids_absent(
             if not missing:
                 return missing
     return missing
-
-
-def _priority_lists(channel: RedisChannel, queue: str) -> list[str]:
-    """The lists of a queue, one per priority step, named as kombu names them
-    (`Channel._q_for_pri`): the queue's own name for step 0."""
-    return [f"{queue}{channel.sep}{step}" if step else queue for step in sorted(set(channel.priority_steps))]
 
 
 def _held_messages(client: redis.Redis, *, lists: Sequence[str], unacked: str) -> Iterator[Any]:

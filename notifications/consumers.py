@@ -8,21 +8,18 @@ whose `seq` is not above the last one it sent for that job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
 import logging
 import time
 from typing import Any
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
-from channels.sessions import InstanceSessionWrapper
-from channels.utils import await_many_dispatch
 
+from core.compat.autobahn import FrameCache, write_frame
+from core.compat.channels import FastPathConsumer
+from core.compat.channels_redis import SharedReads, deliver_directly, stop_direct, subscriber_reconnects
+from core.compat.daphne import daphne_protocol
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner, owner_from_scope
@@ -46,15 +43,7 @@ from notifications.events import (
     job_payload,
 )
 from notifications.groups import job_group, owner_group, staff_group
-from notifications.layers import (
-    JobStreamChannelLayer,
-    SharedReads,
-    deliver_directly,
-    stop_direct,
-    subscriber_reconnects,
-)
 from notifications.quotas import socket_slot_acquire, socket_slot_release
-from notifications.transport import FrameCache, daphne_protocol, write_frame
 
 logger = logging.getLogger(__name__)
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
@@ -70,28 +59,12 @@ CLOSE_FLOOD = 4429
 CLOSE_OVER_QUOTA = 4429  # DESIGN.md: a socket over the owner's quota (notifications/quotas.py)
 
 
-class JobStreamConsumer(AsyncWebsocketConsumer):
+class JobStreamConsumer(FastPathConsumer):
     """What both sockets share: owner lookup, client-frame checks, seq filtering."""
 
     owner: Owner | None
     last_seq: dict[str, int]
     groups_joined: list[str]
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        layer = get_channel_layer(self.channel_layer_alias)
-        if not isinstance(layer, JobStreamChannelLayer):
-            await super().__call__(scope, receive, send)
-            return
-        # As AsyncConsumer.__call__, but the socket's own channel is a queue in this
-        # process with no Redis subscription (JobStreamLoopLayer.receive_local): frames
-        # reach a socket through its groups, never sent to its channel from outside.
-        self.scope = scope
-        self.channel_layer = layer
-        self.channel_name = await layer.new_channel()
-        self.channel_receive = functools.partial(layer.receive_local, self.channel_name)
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):  # the socket closed
-            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
 
     async def connect(self) -> None:
         self.last_seq = {}
@@ -105,18 +78,9 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
-        self.skip_session_wrapper()
-        await self.start_stream()
-
-    def skip_session_wrapper(self) -> None:
-        """Sends after the handshake bypass Channels' session middleware. Its `send`
-        saves the session only with `websocket.accept` (and HTTP responses), yet reads
-        the lazy session's state on every message: a tenth of daphne's CPU per frame
-        fanned out. Nothing it would do after the accept is lost."""
-        wrapper = getattr(self.base_send, "__self__", None)
-        if isinstance(wrapper, InstanceSessionWrapper):
-            self.base_send = wrapper.real_send
+        self.send_past_session_middleware()
         self.daphne_protocol = daphne_protocol(self.base_send)
+        await self.start_stream()
 
     async def start_stream(self) -> None:
         raise NotImplementedError
@@ -135,7 +99,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
 
     def go_direct(self) -> None:
         """Called once the snapshot is sent: later job frames come straight from the
-        layer's subscriber (notifications/layers.py), not through this consumer's
+        layer's subscriber (core/compat/channels_redis.py), not through this consumer's
         queue and dispatch loop. Frames already queued still pass the seq filter."""
         deliver_directly(self.channel_name, self.job_frame, self.resync)
         if subscriber_reconnects() != self.reconnects_at_join:
@@ -143,7 +107,7 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
             # direct sockets before this one was among them: catch up on our own.
             self.resync_task = asyncio.ensure_future(self.resync(SharedReads()))
 
-    # --- healing after Redis came back (notifications/layers.py) --------------------
+    # --- healing after Redis came back (core/compat/channels_redis.py) --------------------
 
     async def resync(self, reads: SharedReads) -> None:
         """Frames published while the layer was away from Redis are lost: re-read the
@@ -171,13 +135,6 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         stop_direct(self.channel_name)
         await super().close(code=code, reason=reason)
 
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        # As Channels' own, minus its close_old_connections() in a worker thread: when
-        # the sockets of finished jobs closed together, those thread hops queued up
-        # behind each other and held up frames for the jobs still running.
-        await self.disconnect(message["code"])
-        raise StopConsumer()
-
     async def disconnect(self, code: int) -> None:
         self.closed = True
         stop_direct(self.channel_name)
@@ -193,17 +150,6 @@ class JobStreamConsumer(AsyncWebsocketConsumer):
         """The job's JSON for this socket (sync: may count the queue)."""
         staff = bool(self.owner and self.owner.is_staff)
         return job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels 4.2+ runs close_old_connections() in a worker thread before every
-        # handler: a thread round trip per message, once most of daphne's cost per
-        # frame sent and, when many sockets close together, per disconnect. Handlers
-        # here that touch the database go through socket_db (notifications/db.py) or
-        # database_sync_to_async, which look after connections themselves.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     async def job_frame(self, event: LayerJobMessage) -> None:
         """A change published by a worker or a web process (type `job.frame`)."""
@@ -398,7 +344,7 @@ class StaffJobsConsumer(JobStreamConsumer):
                 self.live_frames[event["job_id"]] = event["text"]
         await super().job_frame(event)
 
-    # --- healing after Redis came back (notifications/layers.py) --------------------
+    # --- healing after Redis came back (core/compat/channels_redis.py) --------------------
 
     async def resync(self, reads: SharedReads) -> None:
         """A whole fresh snapshot, not job frames: a job that ended while the layer was

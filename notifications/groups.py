@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 _GROUP_NAME_OK = re.compile(r"^[A-Za-z0-9._-]{1,99}$")
 
@@ -31,3 +35,8 @@ STAFF_GROUP = "jobs.staff"  # every job's frames, for the staff live view
 
 def staff_group() -> str:
     return _checked(STAFF_GROUP)
+
+
+def job_groups(job: Job) -> list[str]:
+    """Where a job's frames go: its job group, its owner's group and the staff group."""
+    return [job_group(job.id), owner_group(job.owner_key), staff_group()]

@@ -1,128 +1,202 @@
-"""Publishing job changes to the channel layer: the one sync → async crossing.
+"""The one path from a process to the channel layer: job frames, and the cancel signal.
 
-The usual pattern, `async_to_sync(channel_layer.group_send)(...)` on every update,
-starts a thread, an event loop and a Redis connection per call (3-5 ms of CPU), so a
-worker process tops out near 200 updates a second. Here each process keeps its
-connections for its whole life: a frame is packed once and written by the job's own
-thread on a connection whose replies are off (nothing to wait for), or, when Redis
-does not take writes or older frames still wait, handed to one sender thread that
-batches them. A job waits for Redis only until a write fails (PUBLISH_TIMEOUT in
-notifications/layers.py), once. A fork (Celery's prefork pool) gets its own sender
-and connections on first use.
+Job frames. A frame is encoded once (jobs/serializers.py) and sent to its job's, its
+owner's and the staff group. Each process keeps one connection per Redis shard of the
+channel layer for its whole life, on which Redis sends no replies (`ShardWriter`). While
+Redis takes writes and nothing older waits, the caller's own thread writes the frame: one
+`send` of packed PUBLISH commands, nothing to read back. When a write fails, or older
+frames still wait, the frame goes to one sender thread per process, which batches what
+waits and hands writing back to the callers after its first success. A job waits for
+Redis at most PUBLISH_TIMEOUT, once. Publishing never fails a job: the database keeps the
+truth and every client heals from a snapshot. With a channel layer other than jobstream's
+(core/compat/channels_redis.py), the sender thread sends each frame with `group_send`.
 
-An event loop in a daemon thread listens for cancel requests aimed at jobs running in
-this process, so a reporter learns of a cancel without asking the database.
+The cancel signal. A cancel asked for in a web process reaches the worker running the job
+through a Redis pub/sub channel on the channel layer's first host: the web process
+publishes on its shard connection, and each worker process listens in one thread, so a
+reporter learns of a cancel without asking the database (which it still does at each
+persist, in case the signal is lost).
+
+A fork (Celery's prefork pool) gets its own threads and connections on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import queue
 import threading
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import redis
+import redis.sentinel
+from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import get_channel_layer
+from channels_redis.utils import decode_hosts
 from django.conf import settings
+from django.utils.module_loading import import_string
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.compat import channels_redis as layer_compat
 from jobs.models import Job
-from notifications.events import LayerJobMessage, job_frame_text, job_payload, progress_payload, timestamp
-from notifications.groups import job_group, owner_group, staff_group
-from notifications.layers import JobStreamChannelLayer
+from notifications.events import job_frame_text, job_payload, progress_payload, timestamp
+from notifications.groups import job_groups
+from notifications.messages import LayerJobMessage
 
 logger = logging.getLogger(__name__)
 
-CANCEL_CHANNEL = "jobstream.cancel"  # Redis pub/sub channel: payload is a job id
-RECONNECT_DELAY_MAX = 5.0  # seconds between attempts to re-subscribe after Redis went away
-MAX_BATCH = 500  # frames per pipelined round trip: bounds one Redis write at a few hundred KB
+PUBLISH_TIMEOUT = 1.0  # seconds a write (or its connect) may wait on Redis before it fails and is logged
+MAX_BATCH = 500  # frames per write of the sender thread: bounds one Redis write at a few hundred KB
+CANCEL_CHANNEL = "jobstream.cancel"  # Redis pub/sub channel of cancel requests: the payload is a job id
+LISTENER_READY_TIMEOUT = 2.0  # seconds a job's start waits for the cancel listener to subscribe
+RECONNECT_DELAY_MAX = 5.0  # seconds between the cancel listener's attempts to reach Redis again
+
+Batch = list[tuple[list[str], LayerJobMessage]]
+
+
+# --- writing to Redis ------------------------------------------------------------------
+
+
+class ShardWriter:
+    """A connection to one shard on which Redis sends no replies (`CLIENT REPLY OFF`,
+    sent again on every reconnect): PUBLISH answers only with a count of receivers, which
+    a publisher has no use for, and reading it costs a system call and a parse.
+
+    A connection that Redis dropped (a restart) fails on a write; the write is tried once
+    more on a new connection. Writes the kernel took before it learnt the connection was
+    gone are lost, as anything published while Redis is away is: subscribers heal from
+    snapshots when they reconnect."""
+
+    REPLY_OFF = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n"
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.connection = pool.make_connection()
+        self.connection.register_connect_callback(self._replies_off)
+
+    def _replies_off(self, connection: Any) -> None:
+        connection.send_packed_command([self.REPLY_OFF], check_health=False)
+
+    def send(self, packed: bytes) -> None:
+        for attempt in (1, 2):
+            try:
+                self.connection.send_packed_command([packed], check_health=False)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self.connection.disconnect()
+                if attempt == 2:
+                    raise
+
+
+def configured_hosts() -> list[dict[str, Any]]:
+    """The default channel layer's Redis hosts (one per shard), from settings.CHANNEL_LAYERS."""
+    layers: dict[str, Any] = settings.CHANNEL_LAYERS
+    config = layers[DEFAULT_CHANNEL_LAYER].get("CONFIG") or {}
+    return [dict(host) for host in decode_hosts(config.get("hosts"))]
+
+
+def blocking_pool(host: dict[str, Any]) -> redis.ConnectionPool:
+    """A blocking connection pool for a channel-layer host, as channels-redis builds an
+    asyncio one (an address, a Sentinel master, or connection keywords). An operation that
+    Redis does not answer within PUBLISH_TIMEOUT fails rather than stalling its thread."""
+    host = {"socket_timeout": PUBLISH_TIMEOUT, "socket_connect_timeout": PUBLISH_TIMEOUT, **host}
+    if "address" in host:
+        return redis.ConnectionPool.from_url(host.pop("address"), **host)
+    master_name = host.pop("master_name", None)
+    if master_name is not None:
+        sentinel = redis.sentinel.Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None))
+        return redis.sentinel.SentinelConnectionPool(master_name, sentinel, **host)
+    return redis.ConnectionPool(**host)
+
+
+def packed_publish(channel: str, data: bytes) -> bytes:
+    """`PUBLISH channel data` in Redis's wire protocol (RESP)."""
+    name = channel.encode()
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(data), data)
+
+
+def packed_by_shard(
+    layer: layer_compat.JobStreamChannelLayer, batch: Iterable[tuple[list[str], dict[str, Any]]], shards: int
+) -> dict[int, bytes]:
+    """The PUBLISH commands of a batch, per shard; each message serialized once for all its groups."""
+    prefix = layer_compat.layer_prefix(layer)
+    commands: dict[int, list[bytes]] = {}
+    for groups, message in batch:
+        data = layer.serialize(message)
+        for group in groups:
+            channel = layer_compat.group_channel_name(prefix, group)
+            commands.setdefault(layer_compat.shard_index(channel, shards), []).append(packed_publish(channel, data))
+    return {index: b"".join(packed) for index, packed in commands.items()}
+
+
+# --- the publisher ---------------------------------------------------------------------
 
 
 class Publisher:
-    """Per process: frames written by their callers or a sender thread, and an event
-    loop that hears cancels."""
+    """Per process: job frames written by their callers or the sender thread; cancel
+    requests published and heard. It publishes through the default channel layer, or
+    through `layer` (tests give one of their own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, layer: object = None) -> None:
+        self._layer = layer
+        self._reset()
+        # A forked child (Celery's prefork pool) inherits none of the parent's threads or
+        # connections, and possibly a lock held by a thread that no longer exists.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._pid: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: set[concurrent.futures.Future[Any]] = set()
-        self._cancel_watchers: dict[str, Callable[[], None]] = {}
-        self._cancel_listener: concurrent.futures.Future[Any] | None = None
-        self._listener_ready = threading.Event()
-        self._sender_pid: int | None = None
+        self._writers: tuple[object, list[ShardWriter]] | None = None  # (the layer, a writer per shard)
+        self._cancel_shard: ShardWriter | None = None
         self._outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]] = queue.SimpleQueue()
         self._handed = 0  # frames handed to the sender thread ...
         self._settled = 0  # ... and sent (or given up on) by it
-        self._direct = True  # callers write their own frames (see send_job_frame)
-        self._write_lock = threading.Lock()  # one writer at a time on the layer's connections
         self._settled_changed = threading.Condition()
+        self._direct = True  # callers write their own frames (see send_job_frame)
+        self._write_lock = threading.Lock()  # one writer at a time on the shard connections
+        self._sender_started = False
+        self._cancel_watchers: dict[str, Callable[[], None]] = {}
+        self._listener_started = False
+        self._listener_ready = threading.Event()
 
-    # --- the loop ----------------------------------------------------------------
+    def _channel_layer(self) -> Any:
+        return self._layer if self._layer is not None else get_channel_layer()
 
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        pid = os.getpid()
-        if self._loop is not None and self._pid == pid:
-            return self._loop
-        with self._lock:
-            if self._loop is None or self._pid != pid:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="jobstream-publisher", daemon=True)
-                thread.start()
-                self._loop, self._pid = loop, pid
-                self._pending = set()
-                self._cancel_listener = None
-                self._listener_ready = threading.Event()
-            return self._loop
+    def _shard_writers(self, layer: layer_compat.JobStreamChannelLayer) -> list[ShardWriter]:
+        """A connection per shard of `layer`, kept while it is the layer (a change of
+        CHANNEL_LAYERS makes Channels build a new one)."""
+        owned = self._writers
+        if owned is None or owned[0] is not layer:
+            writers = [ShardWriter(blocking_pool(host)) for host in layer_compat.layer_hosts(layer)]
+            owned = self._writers = (layer, writers)
+        return owned[1]
 
-    def _submit(self, coro: Coroutine[Any, Any, Any], what: str) -> concurrent.futures.Future[Any]:
-        future = asyncio.run_coroutine_threadsafe(coro, self._ensure_loop())
-        self._pending.add(future)
+    def _cancel_host(self) -> dict[str, Any]:
+        """The Redis of the cancel signal: the channel layer's first host."""
+        layer = layer_compat.fast_layer(self._channel_layer())
+        return layer_compat.layer_hosts(layer)[0] if layer is not None else configured_hosts()[0]
 
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            self._pending.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                # Publishing never fails a job: the database keeps the truth and every
-                # client heals from a snapshot.
-                logger.warning("publishing %s failed: %r", what, f.exception())
+    def _cancel_writer(self) -> ShardWriter:
+        if self._cancel_shard is None:
+            self._cancel_shard = ShardWriter(blocking_pool(self._cancel_host()))
+        return self._cancel_shard
 
-        future.add_done_callback(done)
-        return future
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Waits until everything handed over so far has been sent; True if it was."""
-        deadline = time.monotonic() + timeout
-        target = self._handed
-        with self._settled_changed:
-            frames_sent = self._settled_changed.wait_for(lambda: self._settled >= target, timeout)
-        pending = list(self._pending)
-        if pending:
-            _, not_done = concurrent.futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-            return frames_sent and not not_done
-        return frames_sent
-
-    # --- job frames --------------------------------------------------------------
+    # --- job frames ------------------------------------------------------------------
 
     def send_job_frame(self, groups: list[str], message: LayerJobMessage) -> None:
-        """Sends a frame; frames of one caller leave in the order of its calls.
+        """Sends a frame; the frames of one caller leave in the order of its calls.
 
-        While Redis takes writes and nothing waits for the sender thread, the caller's
-        own thread writes the frame (one `send` on a connection whose replies are off:
-        no reply to wait for). Otherwise, or when that write fails, the frame goes to
-        the sender thread, which never holds up the job: it batches what waits, and
-        its first success hands writing back to the callers. Handing every frame to a
-        thread cost a thread wake-up per frame: in a worker whose 100 job threads report
-        10 times a second, 15-20 % of its CPU and 0.2 ms of each frame's latency."""
-        if self._sender_pid != os.getpid():
+        Handing every frame to a thread cost a thread wake-up per frame, so the caller
+        writes it itself while it can (docs/architecture.md, "Publishing")."""
+        if not self._sender_started:
             self._start_sender()
-        layer = get_channel_layer()
-        if isinstance(layer, JobStreamChannelLayer) and self._direct and self._write_lock.acquire(blocking=False):
+        layer = layer_compat.fast_layer(self._channel_layer())
+        if layer is not None and self._direct and self._write_lock.acquire(blocking=False):
             try:
                 if self._direct and self._settled == self._handed:  # nothing older left to send first
-                    layer.publish_group_messages_blocking([(groups, dict(message))])
+                    self._write(layer, [(groups, message)])
                     return
             except Exception as exc:
                 self._direct = False
@@ -133,135 +207,149 @@ class Publisher:
             self._handed += 1
             self._outbox.put((groups, message))
 
+    def _write(
+        self, layer: layer_compat.JobStreamChannelLayer, batch: Iterable[tuple[list[str], LayerJobMessage]]
+    ) -> None:
+        writers = self._shard_writers(layer)
+        frames = ((groups, dict(message)) for groups, message in batch)
+        for index, packed in packed_by_shard(layer, frames, len(writers)).items():
+            writers[index].send(packed)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Waits until every frame handed to the sender thread so far was sent; True if it was."""
+        target = self._handed
+        with self._settled_changed:
+            return self._settled_changed.wait_for(lambda: self._settled >= target, timeout)
+
     def _start_sender(self) -> None:
         with self._lock:
-            if self._sender_pid == os.getpid():
+            if self._sender_started:
                 return
-            # A fork (Celery's prefork pool) starts its own sender; what the parent had
-            # waiting is the parent's.
-            self._outbox = queue.SimpleQueue()
-            self._handed = self._settled = 0
-            self._direct = True
-            self._write_lock = threading.Lock()
-            self._settled_changed = threading.Condition()
-            threading.Thread(
-                target=self._send_frames, args=(self._outbox,), name="jobstream-sender", daemon=True
-            ).start()
-            self._sender_pid = os.getpid()
+            outbox = self._outbox
+            threading.Thread(target=self._send_frames, args=(outbox,), name="jobstream-sender", daemon=True).start()
+            self._sender_started = True
 
     def _send_frames(self, outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]]) -> None:
         """The sender thread: takes every frame waiting and sends them in one write.
 
-        A plain thread with blocking writes, not a coroutine on the event loop: in a
-        worker whose job threads report hundreds of times a second, each step of an
-        event loop (wake-up, write, every reply) waits for the GIL again."""
+        A plain thread with blocking writes: in a worker whose job threads report hundreds
+        of times a second, each step of an event loop (wake-up, write, every reply) would
+        wait for the GIL again. An event loop serves only a layer that is not jobstream's."""
+        loop: asyncio.AbstractEventLoop | None = None
         while True:
-            batch = [outbox.get()]
+            batch: Batch = [outbox.get()]
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(outbox.get_nowait())
                 except queue.Empty:
                     break
             try:
-                with self._write_lock:
-                    self._send_batch(batch)
-                self._direct = True  # Redis takes writes: callers write their own again
+                layer = self._channel_layer()
+                fast = layer_compat.fast_layer(layer)
+                if fast is not None:
+                    with self._write_lock:
+                        self._write(fast, batch)
+                    self._direct = True  # Redis takes writes: callers write their own again
+                else:
+                    loop = loop or asyncio.new_event_loop()
+                    loop.run_until_complete(_group_send_each(layer, batch))
             except Exception as exc:
-                # Publishing never fails a job: the database keeps the truth and every
-                # client heals from a snapshot.
                 logger.warning("publishing %d frame(s) failed: %r", len(batch), exc)
             with self._settled_changed:
                 self._settled += len(batch)
                 self._settled_changed.notify_all()
 
-    def _send_batch(self, batch: list[tuple[list[str], LayerJobMessage]]) -> None:
-        layer = get_channel_layer()
-        assert layer is not None, "CHANNEL_LAYERS must define a default layer"
-        if isinstance(layer, JobStreamChannelLayer):
-            layer.publish_group_messages_blocking([(groups, dict(message)) for groups, message in batch])
-            return
-        # Another layer: one group_send at a time, in order, on the event loop.
-        asyncio.run_coroutine_threadsafe(_group_send_each(layer, batch), self._ensure_loop()).result()
-
-    # --- cancel requests -----------------------------------------------------------
+    # --- the cancel signal ---------------------------------------------------------
 
     def send_cancel(self, job_id: str) -> None:
-        self._submit(self._publish_cancel(job_id), f"cancel of job {job_id}")
-
-    @staticmethod
-    async def _publish_cancel(job_id: str) -> None:
-        client = _redis_client()
+        """Tells whichever worker runs the job to stop it (logged, never raised, on failure)."""
         try:
-            await client.publish(CANCEL_CHANNEL, job_id)
-        finally:
-            await client.aclose()
+            with self._lock:
+                self._cancel_writer().send(packed_publish(CANCEL_CHANNEL, job_id.encode()))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            logger.warning(
+                "cancel signal of job %s not sent (%r); its worker sees the cancel at its next persist", job_id, exc
+            )
 
     def watch_cancel(self, job_id: str, on_cancel: Callable[[], None]) -> None:
-        """Calls `on_cancel` (from the publisher thread) when a cancel for the job arrives."""
+        """Calls `on_cancel` (from the listener thread) when a cancel for the job arrives."""
         self._cancel_watchers[job_id] = on_cancel
-        loop = self._ensure_loop()
-        with self._lock:
-            if self._cancel_listener is None:
-                self._cancel_listener = asyncio.run_coroutine_threadsafe(self._listen(), loop)
-        self._listener_ready.wait(timeout=2.0)  # so a cancel sent right after start is heard
+        if not self._listener_started:
+            with self._lock:
+                if not self._listener_started:
+                    ready = self._listener_ready
+                    threading.Thread(
+                        target=self._listen, args=(ready,), name="jobstream-cancel-listener", daemon=True
+                    ).start()
+                    self._listener_started = True
+        self._listener_ready.wait(timeout=LISTENER_READY_TIMEOUT)  # so a cancel sent right after start is heard
 
     def unwatch_cancel(self, job_id: str) -> None:
         self._cancel_watchers.pop(job_id, None)
 
-    async def _listen(self) -> None:
-        ready = self._listener_ready
+    def _listen(self, ready: threading.Event) -> None:
+        """The listener thread: one subscription for the process's life, resumed when Redis comes back."""
+        pool = blocking_pool({**self._cancel_host(), "socket_timeout": None})
         delay = 0.1
+        stop = threading.Event()  # never set: waits without a bare sleep
         while True:
-            client = _redis_client()
+            pubsub = redis.Redis(connection_pool=pool).pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub = client.pubsub()
-                await pubsub.subscribe(CANCEL_CHANNEL)
+                pubsub.subscribe(CANCEL_CHANNEL)
                 ready.set()
                 delay = 0.1
                 while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
                     data = message["data"]
-                    job_id = data.decode() if isinstance(data, bytes) else str(data)
-                    callback = self._cancel_watchers.get(job_id)
+                    callback = self._cancel_watchers.get(data.decode() if isinstance(data, bytes) else str(data))
                     if callback is not None:
                         callback()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: the database check still catches cancels
-                logger.warning("cancel listener lost Redis (%r); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_DELAY_MAX)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("the cancel listener lost Redis (%r); retrying in %.1f s", exc, delay)
+            except Exception:
+                logger.exception("the cancel listener failed; retrying in %.1f s", delay)
             finally:
-                await client.aclose()
+                pubsub.close()
+            stop.wait(delay)
+            delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
 
-async def _group_send_each(layer: Any, batch: list[tuple[list[str], LayerJobMessage]]) -> None:
+async def _group_send_each(layer: Any, batch: Batch) -> None:
     for groups, message in batch:
         for group in groups:
             await layer.group_send(group, dict(message))
 
 
-def _redis_client() -> Any:
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(settings.REDIS_URL)
-
-
 publisher = Publisher()
 
 
-def job_groups(job: Job) -> list[str]:
-    """Where a job's frames go: its job group, its owner's group and the staff group."""
-    return [job_group(job.id), owner_group(job.owner_key), staff_group()]
+# --- what the services call ------------------------------------------------------------
+
+FrameSender = Callable[[list[str], LayerJobMessage], None]
+
+
+def _frame_sender() -> FrameSender:
+    """How a frame leaves this process: the publisher, or JOBSTREAM_PUBLISHER's callable
+    (a dotted path; the benchmarks' baseline publishes the usual way through it)."""
+    global _sender
+    if _sender is None:
+        path = settings.JOBSTREAM_PUBLISHER
+        _sender = import_string(path) if path else publisher.send_job_frame
+    return _sender
+
+
+_sender: FrameSender | None = None
+
+
+def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text: str) -> None:
+    message: LayerJobMessage = {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": text}
+    _frame_sender()(groups, message)
 
 
 def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
-    """Sends a job's new state to its job group, its owner's group and the staff group.
-
-    The frame is encoded once here; consumers forward the text as it is.
-    """
+    """Sends a job's new state to its job group, its owner's group and the staff group."""
     text = job_frame_text(job_payload(job, queue_position=queue_position))
     publish_frame(job_groups(job), str(job.id), job.seq, job.is_terminal, text)
 
@@ -269,8 +357,7 @@ def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
 class ProgressFrames:
     """The progress frames of one running job, built from what does not change while it
     runs (id, kind, params, times, groups) and the three fields that do (seq, progress,
-    updated_at): the same text as `job_payload` gives, for a fraction of its work, on
-    the path every report takes (`RunningJob.report`)."""
+    updated_at): the same text as `job_payload` gives, for a fraction of its work."""
 
     def __init__(self, job: Job) -> None:
         self.base = job_payload(job)
@@ -283,26 +370,3 @@ class ProgressFrames:
         payload["progress"] = progress_payload(job)
         payload["updated_at"] = timestamp(job.updated_at) or ""
         publish_frame(self.groups, self.job_id, job.seq, False, job_frame_text(payload))
-
-
-def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text: str) -> None:
-    message: LayerJobMessage = {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": text}
-    if settings.JOBSTREAM_PUBLISHER == "naive":
-        # The benchmarks' baseline keeps the two groups it was measured with: a third
-        # group_send per update would make the usual pattern look worse than it is.
-        _naive_group_send(groups[:2], message)
-    else:
-        publisher.send_job_frame(groups, message)
-
-
-def _naive_group_send(groups: list[str], message: LayerJobMessage) -> None:
-    """The usual pattern, for the benchmarks' baseline: a new event loop per call."""
-    from asgiref.sync import async_to_sync
-
-    layer = get_channel_layer()
-    assert layer is not None
-    for group in groups:
-        try:
-            async_to_sync(layer.group_send)(group, dict(message))
-        except Exception as exc:
-            logger.warning("publishing job %s seq %s failed: %r", message["job_id"], message["seq"], exc)

@@ -133,7 +133,7 @@ def _database_url_for_subprocess() -> str:
     from django.conf import settings
 
     db = settings.DATABASES["default"]
-    if db["ENGINE"] == "core.sqlite":
+    if db["ENGINE"] == "core.compat.django":
         return f"sqlite:///{Path(db['NAME']).resolve()}"
     user = db.get("USER") or ""
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""

@@ -36,20 +36,19 @@ from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
 
 from core.asgi import application
-from core.redis_local import RedisProcess, redis_answers, start_redis
-from core.settings import channel_layers_for
-from jobs.models import Job, JobState
-from notifications.events import job_frame_text, job_payload
-from notifications.groups import staff_group
-from notifications.layers import (
-    PUBLISH_TIMEOUT,
+from core.compat.channels_redis import (
     JobStreamChannelLayer,
     SharedReads,
     deliver_directly,
     stop_direct,
     subscriber_reconnects,
 )
-from notifications.publish import Publisher
+from core.redis_local import RedisProcess, redis_answers, start_redis
+from core.settings import channel_layers_for
+from jobs.models import Job, JobState
+from notifications.events import job_frame_text, job_payload
+from notifications.groups import staff_group
+from notifications.publish import PUBLISH_TIMEOUT, Publisher, ShardWriter, blocking_pool, packed_by_shard
 from tests.live_daphne import DaphneProcess, start_celery_worker
 from tests.processes import stop_process
 from tests.waiting import async_wait_until, wait_until
@@ -93,10 +92,15 @@ def frame(seq: int, *, job_id: str = "a", terminal: bool = False) -> dict[str, A
 async def layer(own_redis: RestartableRedis) -> AsyncIterator[JobStreamChannelLayer]:
     layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
     yield layer
-    loop_layer = layer._get_layer()
-    for client in getattr(loop_layer, "_publish_clients", []):
-        await client.aclose()
-    await loop_layer.flush()
+    await layer._get_layer().flush()
+
+
+def publish(layer: JobStreamChannelLayer, batch: list[tuple[list[str], dict[str, Any]]]) -> None:
+    """Publishes through a publisher of the layer's own, from a thread (as workers do)."""
+    publisher = Publisher(layer=layer)
+    for groups, message in batch:
+        publisher.send_job_frame(groups, cast(Any, message))
+    assert publisher.flush(timeout=FRAME_TIMEOUT)
 
 
 async def direct_socket(layer: JobStreamChannelLayer, group: str) -> tuple[str, list[Any], list[SharedReads]]:
@@ -124,7 +128,7 @@ async def test_subscriber_resubscribes_and_resyncs_direct_sockets_once_redis_is_
 ) -> None:
     channel, pushed, resyncs = await direct_socket(layer, "heal-a")
     try:
-        await layer.publish_group_messages([(["heal-a"], frame(1))])
+        await asyncio.to_thread(publish, layer, [(["heal-a"], frame(1))])
         assert await async_wait_until(lambda: _true(len(pushed) == 1), timeout=FRAME_TIMEOUT)
         assert resyncs == []  # the first connection is no reconnect
         reconnects = subscriber_reconnects()
@@ -138,9 +142,8 @@ async def test_subscriber_resubscribes_and_resyncs_direct_sockets_once_redis_is_
         assert await async_wait_until(lambda: _true(len(resyncs) == 1), timeout=RECOVERY_SECONDS)
         assert time.monotonic() - back < RECOVERY_SECONDS
         assert subscriber_reconnects() == reconnects + 1
-        # Re-subscribed: a frame published now arrives (through the old publish client,
-        # whose pooled connection died with the old Redis and is retried on a new one).
-        await layer.publish_group_messages([(["heal-a"], frame(2))])
+        # Re-subscribed: a frame published now arrives.
+        await asyncio.to_thread(publish, layer, [(["heal-a"], frame(2))])
         assert await async_wait_until(lambda: _true(len(pushed) == 2), timeout=FRAME_TIMEOUT)
         assert pushed[-1]["seq"] == 2
     finally:
@@ -204,10 +207,7 @@ async def layer_on_own_redis(own_redis: RestartableRedis) -> AsyncIterator[None]
         yield
         layer = get_channel_layer()
         assert isinstance(layer, JobStreamChannelLayer)
-        loop_layer = layer._get_layer()
-        for client in getattr(loop_layer, "_publish_clients", []):
-            await client.aclose()
-        await loop_layer.flush()
+        await layer._get_layer().flush()
 
 
 async def staff_socket() -> WebsocketCommunicator:
@@ -304,7 +304,7 @@ async def test_staff_resync_snapshot_keeps_progress_sent_ahead_of_the_row(
         }
         layer = get_channel_layer()
         assert isinstance(layer, JobStreamChannelLayer)
-        await layer.publish_group_messages([([staff_group()], message)])
+        await asyncio.to_thread(publish, layer, [([staff_group()], message)])
         assert (await next_frame(communicator, FRAME_TIMEOUT))["job"]["seq"] == 7
 
         await asyncio.to_thread(own_redis.restart)
@@ -500,25 +500,30 @@ def next_data(pubsub: Any) -> bytes | None:
     return None
 
 
-def writer_socket(layer: JobStreamChannelLayer) -> Any:
-    (writer,) = layer._shard_writers()
+def writer_socket(writer: ShardWriter) -> Any:
     connection: Any = writer.connection
     return connection._sock
 
 
-def test_blocking_publish_reaches_subscribers_and_redis_sends_it_no_replies(own_redis: RestartableRedis) -> None:
+def packed(layer: JobStreamChannelLayer, group: str, message: dict[str, Any]) -> bytes:
+    return packed_by_shard(layer, [([group], message)], 1)[0]
+
+
+def test_a_shard_writer_reaches_subscribers_and_redis_sends_it_no_replies(own_redis: RestartableRedis) -> None:
     layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
+    writer = ShardWriter(blocking_pool({"address": own_redis.url}))
     pubsub = subscribed(own_redis.url, "asgi__group__quiet")
-    layer.publish_group_messages_blocking([(["quiet"], frame(seq)) for seq in range(1, 51)])
+    writer.send(b"".join(packed(layer, "quiet", frame(seq)) for seq in range(1, 51)))
     seqs = [layer.deserialize(next_data(pubsub))["seq"] for _ in range(50)]
     assert seqs == list(range(1, 51))
-    readable, _, _ = select.select([writer_socket(layer)], [], [], 0.5)
+    readable, _, _ = select.select([writer_socket(writer)], [], [], 0.5)
     assert readable == []  # 50 PUBLISHes and not a byte back: CLIENT REPLY OFF holds
 
 
-def test_blocking_publish_reconnects_with_replies_off_after_a_redis_restart(own_redis: RestartableRedis) -> None:
+def test_a_shard_writer_reconnects_with_replies_off_after_a_redis_restart(own_redis: RestartableRedis) -> None:
     layer = JobStreamChannelLayer(hosts=[{"address": own_redis.url}])
-    layer.publish_group_messages_blocking([(["restart"], frame(1))])
+    writer = ShardWriter(blocking_pool({"address": own_redis.url}))
+    writer.send(packed(layer, "restart", frame(1)))
     own_redis.restart()
     pubsub = subscribed(own_redis.url, "asgi__group__restart")
     # The first write after the restart may go into the dead connection's kernel buffer
@@ -527,12 +532,12 @@ def test_blocking_publish_reconnects_with_replies_off_after_a_redis_restart(own_
     received: bytes | None = None
     for seq in range(2, 12):
         with contextlib.suppress(redis.ConnectionError):
-            layer.publish_group_messages_blocking([(["restart"], frame(seq))])
+            writer.send(packed(layer, "restart", frame(seq)))
         received = next_data(pubsub) if seq >= 3 else None
         if received is not None:
             break
     assert received is not None and layer.deserialize(received)["type"] == "job.frame"
-    readable, _, _ = select.select([writer_socket(layer)], [], [], 0.5)
+    readable, _, _ = select.select([writer_socket(writer)], [], [], 0.5)
     assert readable == []
 
 

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.test import override_settings
 
+from core.settings import channel_layers_for
 from jobs.models import Job, JobState
 from notifications.events import job_frame_text, job_payload
-from notifications.groups import job_group, owner_group
-from notifications.publish import ProgressFrames, publish_job_change, publisher
-from tests.waiting import wait_until
+from notifications.groups import job_group, job_groups, owner_group
+from notifications.publish import ProgressFrames, Publisher, publish_job_change, publisher
 
 RECEIVE_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
 
@@ -132,9 +133,41 @@ def test_flush_returns_true_once_everything_handed_over_was_sent() -> None:
 
 def test_flush_with_nothing_pending_returns_true_at_once() -> None:
     publisher.flush(timeout=RECEIVE_TIMEOUT)
-    assert wait_until(lambda: not publisher._pending, timeout=RECEIVE_TIMEOUT)
 
     assert publisher.flush(timeout=0) is True
+
+
+def test_cancel_signals_share_one_connection_for_the_process(redis_client: Any) -> None:
+    publisher.send_cancel(str(uuid.uuid4()))  # the connection is opened once, here
+    before = len(redis_client.client_list())
+    for _ in range(20):
+        publisher.send_cancel(str(uuid.uuid4()))
+    assert len(redis_client.client_list()) == before
+
+
+def test_the_cancel_signal_goes_through_the_channel_layers_redis_not_redis_url(redis_server: Any) -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0", CHANNEL_LAYERS=channel_layers_for(redis_server.url)):
+        own = Publisher()
+        job_id = str(uuid.uuid4())
+        heard = threading.Event()
+        own.watch_cancel(job_id, heard.set)
+        own.send_cancel(job_id)
+        assert heard.wait(timeout=RECEIVE_TIMEOUT), "the cancel never crossed the layer's Redis"
+
+
+async def test_frames_reach_subscribers_through_a_stock_channel_layer_too(redis_server: Any) -> None:
+    # jobstream's layer off (another layer configured, or its patch out of range): the
+    # sender thread sends each frame with group_send.
+    with override_settings(CHANNEL_LAYERS=channel_layers_for(redis_server.url, backend="stock-pubsub")):
+        own = Publisher()
+        job = unsaved_job(seq=5)
+        layer, channel = await subscribe(job_group(job.id))
+        assert type(layer).__name__ == "RedisPubSubChannelLayer"
+        own.send_job_frame(
+            job_groups(job), {"type": "job.frame", "job_id": str(job.id), "seq": 5, "terminal": False, "text": "{}"}
+        )
+        message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+        assert message["seq"] == 5
 
 
 async def test_a_running_jobs_progress_frame_is_the_frame_job_payload_gives() -> None:

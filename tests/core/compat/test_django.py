@@ -1,4 +1,4 @@
-"""core/sqlite: a process's write transactions queue in Python, not in SQLite's busy handler."""
+"""core/compat/django: a process's SQLite write transactions queue in Python, not in SQLite's busy handler."""
 
 from __future__ import annotations
 
@@ -7,14 +7,40 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 
-from core.sqlite.base import _WRITERS
+from core.compat.django import SQLITE_WRITERS
+from core.compat.django.base import _WRITERS, DatabaseWrapper
+from tests.core.compat.upstream import changed_sources
 
 pytestmark = [
-    pytest.mark.skipif(connection.vendor != "sqlite", reason="core/sqlite is the SQLite engine; PostgreSQL needs none"),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="the SQLite engine's patch; PostgreSQL needs none"),
     pytest.mark.django_db(transaction=True),
 ]
+
+# The private methods of Django's backends the SQLite wrapper overrides, as they were written against.
+UPSTREAM = {
+    "sqlite3 DatabaseWrapper._start_transaction_under_autocommit": (
+        vars(SQLiteWrapper)["_start_transaction_under_autocommit"],
+        "7315cfc61c1dde12",
+    ),
+    "BaseDatabaseWrapper._commit": (vars(BaseDatabaseWrapper)["_commit"], "8ebc361e1e8fcb8d"),
+    "BaseDatabaseWrapper._rollback": (vars(BaseDatabaseWrapper)["_rollback"], "d671ec3bb3c8ed44"),
+    "BaseDatabaseWrapper._close": (vars(BaseDatabaseWrapper)["_close"], "d1a3f0e9a11cd084"),
+}
+
+
+def test_the_django_code_the_backend_overrides_is_as_it_was_written_against() -> None:
+    assert not changed_sources(UPSTREAM), "re-read core/compat/django/base.py against this Django"
+
+
+def test_the_writer_queue_is_active_and_the_sqlite_engine_is_jobstreams() -> None:
+    assert SQLITE_WRITERS.active
+    assert isinstance(connections["default"], DatabaseWrapper)
+
+
 WAIT = 5.0  # seconds for another thread to get somewhere
 
 

@@ -1,0 +1,49 @@
+"""An ASGI application for the canary tests: daphne serves it as it serves core.asgi, with
+the web process's patches applied, and each socket reports what the patches found in the
+real daphne (tests/core/compat/test_daphne.py). A socket's first client frame is a text to
+write straight to it; the next one, a close code to close with."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
+django.setup()
+
+from core.compat import autobahn, twisted, web  # noqa: E402
+from core.compat.daphne import daphne_protocol  # noqa: E402
+
+web.install()
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"probe"})
+        return
+    if scope["type"] != "websocket":
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    straight = (await receive()).get("text") or ""  # the text to write straight to the socket
+    protocol = daphne_protocol(send)
+    facts: dict[str, Any] = {
+        "protocol": None if protocol is None else f"{type(protocol).__module__}.{type(protocol).__name__}"
+    }
+    if protocol is not None:
+        facts["written"] = autobahn.write_frame(protocol, autobahn.text_frame(straight))
+        facts["max_unsent_bytes"] = getattr(protocol, "max_unsent_bytes", None)
+        facts["write_patched"] = type(protocol.transport).write is twisted.write
+        facts["unsent_bytes"] = twisted.unsent_bytes(protocol.transport)
+    await send({"type": "websocket.send", "text": json.dumps(facts)})
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        code = int(message.get("text") or 1000)
+        await send({"type": "websocket.close", "code": code})
