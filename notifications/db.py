@@ -7,8 +7,9 @@ thread of its own, and kept connections leaked until PostgreSQL refused new ones
 each hop opened and closed a database connection: most of daphne's CPU per handshake.
 
 Socket code runs its database work here instead: one thread for the process's
-lifetime, whose connection stays open (Django's `close_at` is cleared) and is closed
-and reopened only when it errored and is no longer usable.
+lifetime, whose connection stays open. Nothing closes it behind our back: Django closes
+old connections only at the start and end of a request, in the request's own thread.
+After a database error it is closed, so the next call connects afresh.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from django.db import connections
+from django.db import DatabaseError, InterfaceError, connections
 
 T = TypeVar("T")
 
@@ -33,13 +34,12 @@ async def socket_db(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
 
 def _run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    for connection in connections.all(initialized_only=True):
-        connection.close_if_unusable_or_obsolete()  # after an error: closed if no longer usable
     try:
         return fn(*args, **kwargs)
-    finally:
-        for connection in connections.all(initialized_only=True):
-            connection.close_at = None  # kept: this thread serves sockets for the process's life
+    except (DatabaseError, InterfaceError):
+        # The connection may be broken (the database restarted): the next call reconnects.
+        connections.close_all()
+        raise
 
 
 def close_connections() -> None:
