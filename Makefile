@@ -25,9 +25,15 @@ migrate: install
 run: migrate
 	$(PY) -m core.devstack
 
-## test: lint, type-check, the whole suite (it starts its own Redis) on SQLite, then again
-## on PostgreSQL when one answers, then the Docker smoke test
-test: install-dev lint pytest pytest-pg docker-smoke
+## test: the system packages the tests drive, lint, type-check, the whole suite (it starts
+## its own Redis) on SQLite, then again on PostgreSQL when one answers, then the Docker smoke test
+test: system-packages install-dev lint pytest pytest-pg docker-smoke
+
+# system-packages: Debian's chromium, docker-compose, nginx, redis-server and nodejs;
+# installed with apt-get when missing and root, else it stops naming the command to run.
+.PHONY: system-packages
+system-packages:
+	@bin/system-packages
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
