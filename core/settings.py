@@ -315,7 +315,7 @@ SILENCED_SYSTEM_CHECKS = [
 
 # --- Streams that heal (docs/architecture.md) ----------------------------------------
 # Seconds a page lets an unfinished job go without a frame before it re-reads the job
-# over HTTP (jobs/static/jobs/jobstream.js): a frame lost in Redis then costs at most
+# over HTTP (jobs/static/jobs/resync.js): a frame lost in Redis then costs at most
 # this long, never a bar stuck for good. A kind that reports sends a frame at least
 # every second or so, so 15 s of silence is a lost frame or a very slow step; and one
 # GET per silent job every 15 s costs the server nothing.

@@ -1,4 +1,4 @@
-"""Settings the page's script needs, written into the page (jobs/static/jobs/jobstream.js)."""
+"""Settings the page's script needs, written into the page (jobs/static/jobs/resync.js)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ class Connection:
 
 @dataclass
 class Watcher:
-    """A client (a page) watching one job or all of its owner's jobs, as jobstream.js does."""
+    """A client (a page) watching one job or all of its owner's jobs, as the job pages do (jobs/static/jobs/page.js)."""
 
     path: str
     connections: list[Connection] = field(default_factory=list)
@@ -223,7 +223,7 @@ def comparable(job: dict[str, Any]) -> dict[str, Any]:
 
 
 async def settle_and_check(visitor: Visitor, job_ids: list[str], seed: int) -> None:
-    """Brings every client to the end as jobstream.js would, then checks every property."""
+    """Brings every client to the end as the job pages would, then checks every property."""
     context = f"seed {seed}"
     final = {job_id: (await visitor.http.get(f"/api/jobs/{job_id}/")).json() for job_id in job_ids}
     assert all(job["state"] in TERMINAL for job in final.values()), context

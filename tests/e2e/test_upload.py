@@ -1,5 +1,5 @@
 """The CSV import through the page in a real browser: the form posts the file as
-multipart/form-data (jobstream.js), a real worker imports it, the card goes live to
+multipart/form-data (jobs/static/jobs/form.js), a real worker imports it, the card goes live to
 succeeded and its error report downloads; a bad file is refused next to its input.
 daphne, a Celery worker, Redis and Chromium, nothing mocked."""
 
