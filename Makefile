@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint pytest pytest-pg docker-smoke migrate install install-dev clean bench
+.PHONY: run test lint node-test pytest pytest-pg docker-smoke migrate install install-dev clean bench
 
 $(VENV)/.installed-runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,10 @@ migrate: install
 run: migrate
 	$(PY) -m core.devstack
 
-## test: the system packages the tests drive, lint, type-check, the whole suite (it starts
-## its own Redis) on SQLite, then again on PostgreSQL when one answers, then the Docker smoke test
-test: system-packages install-dev lint pytest pytest-pg docker-smoke
+## test: the system packages the tests drive, lint, type-check, the browser modules' unit
+## tests, the whole suite (it starts its own Redis) on SQLite, then again on PostgreSQL when
+## one answers, then the Docker smoke test
+test: system-packages install-dev lint node-test pytest pytest-pg docker-smoke
 
 # system-packages: Debian's chromium, docker-compose, nginx, redis-server and nodejs;
 # installed with apt-get when missing and root, else it stops naming the command to run.
@@ -39,6 +40,11 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+
+## node-test: the browser modules' unit tests (jobs/static/jobs/), Node's own runner, no packages
+node-test:
+	@command -v node >/dev/null 2>&1 || { echo "node-test: node not found; install Debian's nodejs (apt-get install nodejs)"; exit 1; }
+	node --test tests/js/
 
 pytest: install-dev
 	$(VENV)/bin/pytest
