@@ -30,7 +30,8 @@ from typing import Any
 
 from celery.signals import task_postrun, task_prerun
 
-RUN_JOB_TASK = "jobs.run_job"  # the task whose id is the job's id (jobs/services.py job_dispatch)
+from jobs.task_names import RUN_JOB_TASK  # the task whose id is the job's id
+
 NO_JOB = "-"  # job_id and job_kind on a line about no job
 
 

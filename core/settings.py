@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
+from jobs.task_names import PURGE_FINISHED_TASK, SWEEP_TASK
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -245,15 +247,15 @@ if JOB_STALE_AFTER < 2 * JOB_HEARTBEAT_INTERVAL:
         f"({JOB_HEARTBEAT_INTERVAL:g} s): raise it or beat more often."
     )
 CELERY_BEAT_SCHEDULE = {
-    "jobs.sweep": {
-        "task": "jobs.sweep",
+    SWEEP_TASK: {
+        "task": SWEEP_TASK,
         "schedule": JOB_SWEEP_INTERVAL,
         # A sweep still waiting for a worker when the next one is due is dropped, so
         # sweeps never pile up behind busy or absent workers.
         "options": {"expires": JOB_SWEEP_INTERVAL},
     },
-    "jobs.purge_finished": {  # retention (JOB_RETENTION_DAYS): once a day, at a quiet hour
-        "task": "jobs.purge_finished",
+    PURGE_FINISHED_TASK: {  # retention (JOB_RETENTION_DAYS): once a day, at a quiet hour
+        "task": PURGE_FINISHED_TASK,
         "schedule": crontab(hour=3, minute=17),
         "options": {"expires": 60 * 60},
     },

@@ -17,11 +17,12 @@ from jobs.services import (
     job_run,
     job_sweep_stale,
 )
+from jobs.task_names import PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, name="jobs.run_job", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(self: Any, job_id: str) -> None:
     # The broker flags a message it hands out again because the worker that took it
     # died before acknowledging it (reject_on_worker_lost, or the visibility timeout).
@@ -29,7 +30,7 @@ def run_job(self: Any, job_id: str) -> None:
     job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id, redelivered=redelivered)
 
 
-@shared_task(name="jobs.sweep", ignore_result=True)
+@shared_task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Run by Celery beat every JOB_SWEEP_INTERVAL s: jobs whose worker was lost, jobs
     never sent, jobs whose message the broker lost."""
@@ -45,7 +46,7 @@ def sweep() -> dict[str, int]:
     }
 
 
-@shared_task(name="jobs.purge_finished", ignore_result=True)
+@shared_task(name=PURGE_FINISHED_TASK, ignore_result=True)
 def purge_finished() -> dict[str, int]:
     """Retention: deletes jobs that ended over JOB_RETENTION_DAYS ago, with their files (0 keeps them)."""
     days = settings.JOB_RETENTION_DAYS
