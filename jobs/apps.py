@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class JobsConfig(AppConfig):
@@ -8,8 +9,7 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.conf import settings
-
+        # Here, not at the top: they need the models loaded, which they are once ready() runs.
         from jobs import builtin_kinds, owners  # noqa: F401  (registers kinds and signals)
 
         if settings.JOBSTREAM_BENCH_KINDS:

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from django.contrib.auth import get_user
 from django.contrib.auth.signals import user_logged_in
 from django.db.models import Q
 from django.dispatch import receiver
 from django.http import HttpRequest
+
+from jobs.models import Job
 
 SESSION_OWNER_KEY = "jobstream_owner"  # the anonymous owner's token, kept in the session
 
@@ -66,8 +69,6 @@ def owner_from_scope(scope: dict[str, Any]) -> Owner | None:
 def _user_from_session(session: Any) -> Any:
     if session is None:
         return None
-    from django.contrib.auth import get_user
-
     return get_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
 
 
@@ -78,6 +79,4 @@ def adopt_anonymous_jobs(sender: object, request: HttpRequest | None, user: Any,
         return
     token = request.session.get(SESSION_OWNER_KEY)
     if token:
-        from jobs.models import Job
-
         Job.objects.filter(owner_token=token, owner_user__isnull=True).update(owner_user=user)
