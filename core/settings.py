@@ -197,7 +197,7 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": LONGEST_HARD_TIME_LIMIT + 600,
     # Without it kombu waits for the OS (minutes) to give up on an unreachable broker; a
-    # submit must answer at once, and the sweeper sends what could not go (jobs/services.py).
+    # submit must answer at once, and the sweeper sends what could not go (jobs/services/submit.py).
     "socket_connect_timeout": 3,
 }
 CELERY_RESULT_EXPIRES = 24 * 60 * 60

@@ -2,7 +2,7 @@
 
 A job that never reports progress must still look alive, and a job whose worker died
 must stop looking alive soon: every JOB_HEARTBEAT_INTERVAL seconds the thread marks
-every job running in its process in one UPDATE (`job_heartbeat` in jobs/services.py),
+every job running in its process in one UPDATE (`job_heartbeat` in jobs/services/run.py),
 whatever the pool (prefork children, threads, solo). The sweeper takes a running job
 whose heartbeat is older than JOB_STALE_AFTER for lost with its worker.
 

@@ -2,7 +2,7 @@
 
 An owner is a signed-in user or an anonymous session (jobs/owners.py). Both counts come
 from the database, inside the transaction that creates the job (`job_submit` in
-jobs/services.py), so two concurrent submissions cannot both pass on one free place:
+jobs/services/submit.py), so two concurrent submissions cannot both pass on one free place:
 SQLite's IMMEDIATE transactions are serialized, and on PostgreSQL a transaction-scoped
 advisory lock per owner serializes that owner's submissions. A limit of 0 turns a quota
 off; staff are exempt from both (they run maintenance jobs and see everyone's).

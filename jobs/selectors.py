@@ -1,4 +1,4 @@
-"""Reads of jobs. Writes live in jobs/services.py."""
+"""Reads of jobs. Writes live in jobs/services/."""
 
 from __future__ import annotations
 

@@ -359,7 +359,7 @@ class StaffJobsConsumer(JobStreamConsumer):
 
     def _not_older_than_sent(self, payloads: list[JobPayload]) -> list[JobPayload]:
         """The read, minus what this socket has already shown newer: a running worker's
-        progress frames run ahead of its row (jobs/services.py, SEQ_WINDOW), and the
+        progress frames run ahead of its row (jobs/services/transitions.py, SEQ_WINDOW), and the
         client replaces its whole list with a snapshot, so an older row would move a
         bar back, or bring back a job whose terminal frame went out after the read."""
         shown: list[JobPayload] = []

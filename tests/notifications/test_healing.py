@@ -293,7 +293,7 @@ async def test_staff_resync_snapshot_keeps_progress_sent_ahead_of_the_row(
     try:
         assert (await next_frame(communicator, FRAME_TIMEOUT))["type"] == "snapshot"
         # A worker publishes progress at once and writes its row only now and then
-        # (jobs/services.py, SEQ_WINDOW): the screen is ahead of the database.
+        # (jobs/services/transitions.py, SEQ_WINDOW): the screen is ahead of the database.
         job.seq, job.has_progress, job.progress_current, job.progress_total = 7, True, 6, 10
         message = {
             "type": "job.frame",

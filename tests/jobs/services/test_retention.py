@@ -1,6 +1,6 @@
-"""Retention: finished jobs and their result files are purged after a configurable age,
-by the service, the `jobs.purge_finished` Celery task (on the real worker) and
-`manage.py jobs purge`. Queued and running jobs are never purged."""
+"""Retention (jobs/services/retention.py): finished jobs and their result files are purged
+after a configurable age, by the service, the `jobs.purge_finished` Celery task (on the
+real worker) and `manage.py jobs purge`. Queued and running jobs are never purged."""
 
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from jobs import services
 from jobs.management.commands.jobs import parse_age
 from jobs.models import Job, JobState
 from jobs.services import PurgeReport, job_purge_finished
 from jobs.tasks import purge_finished
+from tests.conftest import ROOT
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 DAY = timedelta(days=1)
 
 
@@ -140,7 +139,7 @@ def test_the_age_is_measured_from_the_end_not_the_start() -> None:
 
 @pytest.mark.django_db
 def test_purge_goes_through_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(services, "PURGE_BATCH", 2)
+    monkeypatch.setattr("jobs.services.retention.PURGE_BATCH", 2)
     jobs = [make_job(JobState.SUCCEEDED, ended_days_ago=9, with_file=True) for _ in range(5)]
     kept = make_job(JobState.RUNNING)
 
