@@ -26,8 +26,8 @@ from jobs.kinds import FileParam, ParamsInvalid, UnknownKind, kind_get, kind_lis
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
+from jobs.serializers import job_payload
 from jobs.services import job_cancel, job_submit
-from notifications.events import job_payload
 
 MAX_PAGE_SIZE = 100
 MULTIPART = "multipart/form-data"

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from jobs.models import Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import job_queue_position
-from notifications.events import JobPayload, job_payload
+from jobs.serializers import JobPayload, job_payload
 from notifications.groups import job_group
 
 CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it

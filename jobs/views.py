@@ -13,8 +13,8 @@ from jobs.models import JobState
 from jobs.owners import owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position
+from jobs.serializers import job_payload
 from jobs.services import job_submit
-from notifications.events import job_payload
 
 
 @ensure_csrf_cookie

@@ -31,18 +31,18 @@ from jobs.selectors import (
     job_queue_position,
     parse_job_id,
 )
-from jobs.services import job_cancel
-from notifications.db import socket_db
-from notifications.events import (
+from jobs.serializers import (
     JobFrame,
     JobPayload,
-    LayerJobMessage,
-    encode,
     error_frame_text,
     job_frame_text,
     job_payload,
+    snapshot_frame_text,
 )
+from jobs.services import job_cancel
+from notifications.db import socket_db
 from notifications.groups import job_group, owner_group, staff_group
+from notifications.messages import LayerJobMessage
 from notifications.quotas import socket_slot_acquire, socket_slot_release
 
 logger = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class OwnerJobsConsumer(JobStreamConsumer):
             payloads = await socket_db(self._snapshot)
         for payload in payloads:
             self.last_seq[payload["id"]] = payload["seq"]
-        await self.send(text_data=encode({"type": "snapshot", "jobs": payloads}))
+        await self.send(text_data=snapshot_frame_text(payloads))
         self.go_direct()
 
     def _snapshot(self) -> list[JobPayload]:
@@ -334,7 +334,7 @@ class StaffJobsConsumer(JobStreamConsumer):
     async def send_snapshot(self, payloads: list[JobPayload], counts: dict[str, int]) -> None:
         for payload in payloads:
             self.last_seq[payload["id"]] = max(payload["seq"], self.last_seq.get(payload["id"], 0))
-        await self.send(text_data=encode({"type": "snapshot", "jobs": payloads, "counts": counts}))
+        await self.send(text_data=snapshot_frame_text(payloads, counts=counts))
 
     async def job_frame(self, event: LayerJobMessage) -> None:
         if not self.closed and event["seq"] > self.last_seq.get(event["job_id"], 0):

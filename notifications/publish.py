@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.compat import channels_redis as layer_compat
 from jobs.models import Job
-from notifications.events import job_frame_text, job_payload, progress_payload, timestamp
+from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import job_groups
 from notifications.messages import LayerJobMessage
 
@@ -352,21 +352,3 @@ def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
     """Sends a job's new state to its job group, its owner's group and the staff group."""
     text = job_frame_text(job_payload(job, queue_position=queue_position))
     publish_frame(job_groups(job), str(job.id), job.seq, job.is_terminal, text)
-
-
-class ProgressFrames:
-    """The progress frames of one running job, built from what does not change while it
-    runs (id, kind, params, times, groups) and the three fields that do (seq, progress,
-    updated_at): the same text as `job_payload` gives, for a fraction of its work."""
-
-    def __init__(self, job: Job) -> None:
-        self.base = job_payload(job)
-        self.job_id = str(job.id)
-        self.groups = job_groups(job)
-
-    def publish(self, job: Job) -> None:
-        payload = self.base.copy()
-        payload["seq"] = job.seq
-        payload["progress"] = progress_payload(job)
-        payload["updated_at"] = timestamp(job.updated_at) or ""
-        publish_frame(self.groups, self.job_id, job.seq, False, job_frame_text(payload))

@@ -24,8 +24,9 @@ from core.api_errors import errors_response, method_not_allowed_response
 from jobs.models import Job
 from jobs.owners import Owner, owner_from_request
 from jobs.selectors import job_get_visible, job_queue_position
-from notifications.events import LayerJobMessage, job_payload, payload_text
+from jobs.serializers import job_payload, payload_text
 from notifications.groups import job_group
+from notifications.messages import LayerJobMessage
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 RESYNC_EVERY = 4  # keep-alives between database re-reads (about a minute)

@@ -31,8 +31,8 @@ from websockets.typing import Origin
 
 from jobs.models import Job, JobState
 from jobs.owners import SESSION_OWNER_KEY
+from jobs.serializers import JOB_KEYS
 from tests.conftest import LiveServer
-from tests.contract import JOB_KEYS
 from tests.jobs.test_api import BAD_INPUTS, with_param
 
 pytestmark = pytest.mark.django_db(transaction=True)

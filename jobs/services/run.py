@@ -30,9 +30,11 @@ from jobs.heartbeat import Heartbeat
 from jobs.kinds import kind_get
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.progress import Progress, ProgressUpdate
+from jobs.serializers import RunningFrames
 from jobs.services.recovery import job_end_lost, progress_restarted
 from jobs.services.transitions import OTHER_WRITER_SEQ_GAP, SEQ_WINDOW, job_transition
-from notifications.publish import ProgressFrames, publisher
+from notifications.groups import job_groups
+from notifications.publish import publish_frame, publisher
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,9 @@ class RunningJob:
         self.persisted_seq = job.seq
         self.persisted_at = time.monotonic()
         self.last_update: ProgressUpdate | None = None  # the newest progress published
-        self.frames = ProgressFrames(job)
+        self.frames = RunningFrames(job)  # what does not change while it runs, built once
+        self.job_id = str(job.id)
+        self.groups = job_groups(job)
 
     def report(self, update: ProgressUpdate) -> bool:
         """Publishes one progress update; True when the job must stop."""
@@ -161,7 +165,7 @@ class RunningJob:
         for name, value in _progress_fields(update).items():
             setattr(job, name, value)
         job.updated_at = datetime.fromtimestamp(update.at, tz=UTC)
-        self.frames.publish(job)
+        publish_frame(self.groups, self.job_id, job.seq, False, self.frames.text(job))
         if job.seq - self.persisted_seq >= SEQ_WINDOW // 2 or time.monotonic() - self.persisted_at >= PERSIST_INTERVAL:
             return self.persist()
         return False

@@ -47,9 +47,9 @@ from websockets.typing import Origin
 from jobs.models import Job, JobState
 from jobs.owners import SESSION_OWNER_KEY, Owner
 from jobs.progress import ProgressUpdate
+from jobs.serializers import JOB_KEYS
 from jobs.services import RunningJob, job_cancel, job_finish, job_start
 from tests.conftest import LiveServer
-from tests.contract import JOB_KEYS
 from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from jobs.kinds import kind_list
 from jobs.models import Job
-from tests.contract import JOB_KEYS
+from jobs.serializers import JOB_KEYS
 from tests.waiting import wait_until
 
 Response = Any  # what the test client answers: an HttpResponse with .json() and more

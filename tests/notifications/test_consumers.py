@@ -26,10 +26,10 @@ from core.asgi import application
 from jobs.models import Job, JobState
 from jobs.owners import SESSION_OWNER_KEY, Owner
 from jobs.progress import ProgressUpdate
+from jobs.serializers import JOB_KEYS
 from jobs.services import job_create, job_finish, job_report_progress, job_start
 from notifications.consumers import CLOSE_FLOOD, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
 from notifications.groups import job_group
-from tests.contract import JOB_KEYS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -46,7 +46,7 @@ from core.compat.channels_redis import (
 from core.redis_local import RedisProcess, redis_answers, start_redis
 from core.settings import channel_layers_for
 from jobs.models import Job, JobState
-from notifications.events import job_frame_text, job_payload
+from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import staff_group
 from notifications.publish import PUBLISH_TIMEOUT, Publisher, ShardWriter, blocking_pool, packed_by_shard
 from tests.live_daphne import DaphneProcess, start_celery_worker

@@ -14,9 +14,8 @@ from django.test import override_settings
 
 from core.settings import channel_layers_for
 from jobs.models import Job, JobState
-from notifications.events import job_frame_text, job_payload
 from notifications.groups import job_group, job_groups, owner_group
-from notifications.publish import ProgressFrames, Publisher, publish_job_change, publisher
+from notifications.publish import Publisher, publish_job_change, publisher
 
 RECEIVE_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
 
@@ -168,21 +167,3 @@ async def test_frames_reach_subscribers_through_a_stock_channel_layer_too(redis_
         )
         message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
         assert message["seq"] == 5
-
-
-async def test_a_running_jobs_progress_frame_is_the_frame_job_payload_gives() -> None:
-    job = unsaved_job(seq=3)
-    job.started_at = job.created_at
-    frames = ProgressFrames(job)  # built once when the run starts
-    job.seq = 4
-    job.has_progress = True
-    job.progress_current, job.progress_total, job.progress_message = 2.5, 10, 'step "two" <b>'
-    job.progress_rate, job.progress_eta_seconds = 0.8333, 9.04
-    job.updated_at = datetime.now(UTC)
-    layer, channel = await subscribe(job_group(job.id))
-
-    frames.publish(job)
-    message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
-
-    assert message["text"] == job_frame_text(job_payload(job))
-    assert (message["job_id"], message["seq"], message["terminal"]) == (str(job.id), 4, False)

@@ -14,8 +14,8 @@ import pytest
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from jobs.serializers import JOB_KEYS
 from tests.conftest import LiveServer
-from tests.contract import JOB_KEYS
 from tests.notifications.test_sse import Event, finished_job, read_events, start_job, stream
 from tests.waiting import wait_until
 

@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 
 from jobs.heartbeat import Heartbeat
 from jobs.models import Job, JobState
 from jobs.progress import ProgressUpdate
+from jobs.serializers import job_frame_text, job_payload
 from jobs.services import (
     SEQ_WINDOW,
+    RunningJob,
     job_cancel,
     job_finish,
     job_heartbeat,
@@ -23,7 +29,7 @@ from jobs.services import (
     lost_worker_error,
 )
 from notifications.groups import job_group
-from tests.jobs.services.conftest import OWNER, fresh, lost_run, new_job, running_job, update
+from tests.jobs.services.conftest import FRAME_TIMEOUT, OWNER, fresh, lost_run, new_job, running_job, update
 from tests.waiting import wait_until
 
 # --- start, progress, finish ------------------------------------------------------
@@ -262,3 +268,40 @@ def test_heartbeat_thread_keeps_a_silent_running_job_fresh(settings: Any) -> Non
     finally:
         heartbeat.discard(job.id)
     assert heartbeat.runs() == {}
+
+
+# --- the frames a running job publishes ------------------------------------------
+
+
+def unsaved_running_job(*, seq: int) -> Job:
+    """A Job instance as job_start hands it over; publishing needs no row."""
+    now = datetime.now(UTC)
+    return Job(
+        id=uuid.uuid4(),
+        owner_token="p" * 32,
+        kind="sleep",
+        params={"steps": 1, "step_seconds": 0},
+        state=JobState.RUNNING,
+        seq=seq,
+        created_at=now,
+        started_at=now,
+        updated_at=now,
+    )
+
+
+async def test_a_running_jobs_progress_frame_is_the_frame_job_payload_gives(redis_server: Any) -> None:
+    job = unsaved_running_job(seq=3)
+    layer = get_channel_layer()
+    assert layer is not None
+    channel = await layer.new_channel()
+    await layer.group_add(job_group(job.id), channel)
+    running = RunningJob(job)  # built once when the run starts
+
+    running.report(
+        ProgressUpdate(current=2.5, total=10, message='step "two" <b>', rate=0.8333, eta_seconds=9.04, at=time.time())
+    )
+    message = await asyncio.wait_for(layer.receive(channel), FRAME_TIMEOUT)
+
+    assert message["text"] == job_frame_text(job_payload(job))
+    assert (message["job_id"], message["seq"], message["terminal"]) == (str(job.id), 4, False)
+    await layer.group_discard(job_group(job.id), channel)
