@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -26,7 +26,7 @@ from jobs.kinds import FileParam, ParamsInvalid, UnknownKind, kind_get, kind_lis
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
-from jobs.serializers import job_payload
+from jobs.serializers import JobPayload, job_payload
 from jobs.services import job_cancel, job_submit
 
 MAX_PAGE_SIZE = 100
@@ -147,38 +147,13 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 
 # --- schemas ---------------------------------------------------------------------
+# A job's schema is its one declaration, jobs/serializers.py JobPayload.
+
+JobOrErrors = JobPayload | dict[str, Any]  # a job, or {"errors": …}
 
 
 class ErrorsOut(Schema):
     errors: dict[str, list[str]]
-
-
-class ProgressOut(Schema):
-    current: int | float | None
-    total: int | float | None
-    percent: float | None
-    message: str
-    rate: float | None
-    eta_seconds: float | None
-
-
-class JobOut(Schema):
-    id: str
-    kind: str
-    params: dict[str, Any]
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    seq: int
-    progress: ProgressOut | None
-    result: Any
-    result_url: str | None
-    error: str | None
-    error_detail: str | None = Field(None, description="The traceback; staff only.")
-    queue_position: int | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str
-    url: str
 
 
 class JobCreateIn(Schema):
@@ -198,7 +173,7 @@ class JobPageOut(Schema):
     count: int
     next: str | None
     previous: str | None
-    results: list[JobOut]
+    results: list[JobPayload]
 
 
 class JobKindOut(Schema):
@@ -213,8 +188,8 @@ class PageQuery(Schema):
     page_size: int = Field(settings.JOB_LIST_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
 
-def _job_out(job: Any, owner: Owner) -> dict[str, Any]:
-    return dict(job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job)))
+def _job_out(job: Any, owner: Owner) -> JobPayload:
+    return job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
 
 
 def _visible_job_or_404(owner: Owner, job_id: str) -> Any:
@@ -239,8 +214,8 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
 
 @api.post(
     "/jobs/",
-    response={201: JobOut, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut, 429: ErrorsOut},
-    exclude_unset=True,  # error_detail only for staff, as in the stream frames (DESIGN.md)
+    response={201: JobPayload, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut, 429: ErrorsOut},
+    exclude_unset=True,
     summary="Start a job",
     description="429 when the owner is over a quota (jobs at once, jobs per minute), with `Retry-After` in seconds. "
     "A kind with a file parameter (csv_import) takes multipart/form-data: the fields kind, params (a JSON object "
@@ -255,7 +230,7 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
         }
     },
 )
-def create_job(request: HttpRequest, response: HttpResponse) -> Status[dict[str, Any]]:
+def create_job(request: HttpRequest, response: HttpResponse) -> Status[JobOrErrors]:
     if request.content_type == MULTIPART:
         return _create_job_from_upload(request, response)
     if request.content_type != "application/json":
@@ -290,7 +265,7 @@ def create_job(request: HttpRequest, response: HttpResponse) -> Status[dict[str,
     return _submit(request, response, kind=body["kind"], params=body.get("params", {}))
 
 
-def _create_job_from_upload(request: HttpRequest, response: HttpResponse) -> Status[dict[str, Any]]:
+def _create_job_from_upload(request: HttpRequest, response: HttpResponse) -> Status[JobOrErrors]:
     """POST /api/jobs/ as multipart/form-data: the fields kind and params (JSON), and the files."""
     kind_name = request.POST.get("kind")
     try:
@@ -338,7 +313,7 @@ def _submit(
     kind: Any,  # checked by job_submit: an unknown kind or a non-string is answered 400
     params: object,
     files: dict[str, Any] | None = None,
-) -> Status[dict[str, Any]]:
+) -> Status[JobOrErrors]:
     owner = _owner(request)
     try:
         job = job_submit(owner=owner, kind=kind, params=params, files=files)
@@ -382,19 +357,19 @@ def list_jobs(request: HttpRequest, query: Query[PageQuery]) -> Status[dict[str,
     )
 
 
-@api.get("/jobs/{job_id}/", response={200: JobOut, 404: ErrorsOut}, exclude_unset=True, summary="One job")
-def get_job(request: HttpRequest, job_id: str) -> dict[str, Any]:
+@api.get("/jobs/{job_id}/", response={200: JobPayload, 404: ErrorsOut}, exclude_unset=True, summary="One job")
+def get_job(request: HttpRequest, job_id: str) -> JobPayload:
     owner = _owner(request)
     return _job_out(_visible_job_or_404(owner, job_id), owner)
 
 
 @api.post(
     "/jobs/{job_id}/cancel/",
-    response={202: JobOut, 404: ErrorsOut, 409: ErrorsOut},
+    response={202: JobPayload, 404: ErrorsOut, 409: ErrorsOut},
     exclude_unset=True,
     summary="Ask a job to stop",
 )
-def cancel_job(request: HttpRequest, job_id: str) -> Status[dict[str, Any]]:
+def cancel_job(request: HttpRequest, job_id: str) -> Status[JobOrErrors]:
     owner = _owner(request)
     try:
         job = job_cancel(owner=owner, job_id=job_id)

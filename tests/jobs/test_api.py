@@ -518,8 +518,10 @@ def test_openapi_document_lists_the_job_paths_and_schema(client: Client) -> None
         "/api/job-kinds/",
     ):
         assert path in document["paths"], path
-    job_out = document["components"]["schemas"]["JobOut"]
+    job_out = document["components"]["schemas"]["JobPayload"]  # jobs/serializers.py, the one declaration
     assert set(job_out["properties"]) >= JOB_KEYS
+    assert set(job_out["required"]) == JOB_KEYS  # error_detail: staff only
+    assert job_out["properties"]["progress"]["anyOf"][0] == {"$ref": "#/components/schemas/ProgressPayload"}
     assert "application/json" in document["paths"]["/api/jobs/"]["post"]["requestBody"]["content"]
 
 
