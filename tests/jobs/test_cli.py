@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from jobs.cli import CLI_OWNER_TOKEN, parse_params
 from jobs.models import Job, JobState
-from jobs.terminal import CLI_OWNER_TOKEN, parse_params
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,7 @@
     manage.py jobs purge --older-than 7d    # finished jobs that ended over 7 days ago, and their files
 
 Each subcommand is an argparse subparser with a `handle_<name>` method. The terminal
-is an operator's console: it sees every job, as staff do (jobs/terminal.py).
+is an operator's console: it sees every job, as staff do (jobs/cli.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rich.console import Console
 
+from jobs.cli import EXIT_CODES, ProgressView, cli_owner, describe_end, follow, job_line, parse_params
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind
 from jobs.models import Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import parse_job_id
 from jobs.services import job_cancel, job_create, job_purge_finished
-from jobs.terminal import EXIT_CODES, ProgressView, cli_owner, describe_end, follow, job_line, parse_params
 
 DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _DURATION = re.compile(r"(\d{1,9})([dhms])")
