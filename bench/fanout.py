@@ -36,8 +36,15 @@ Measured:
 - wall vs nominal: first job started -> last terminal frame received, against the
   time the scenario would take on schedule (the last job's start + reports / rate).
   Also the slowest job's (finished_at - started_at) / (reports / rate).
-- CPU seconds of daphne, the worker (its start-up included), Redis and the clients
-  from the worker's start to the end, and daphne's and the worker's largest resident set.
+- CPU seconds of daphne, the worker (its start-up included), the clients and Redis
+  over the window (the worker's start to the last socket's close), sampled every 50 ms
+  (bench/phases.py); every frame the clients received in it (running frames, every
+  tick, terminal frames), and daphne's CPU per such frame, job starts and the closes
+  of every socket included; daphne's and the worker's largest resident set.
+- Phases (bench/phases.py): the same CPU, frames and latency cut at moments the
+  clients observe: boot, start (jobs starting), steady ticks, ends (terminal frames and
+  every socket's close), with the connect before them; and the bursts of the steady
+  ticks (how far apart the reports of one interval were made and received).
 
 Each run is bounded: sockets close at nominal + DEADLINE_SLACK, or GRACE_SECONDS after
 the API shows every job terminal, and whatever was not delivered by then is lost.
@@ -48,6 +55,7 @@ run's figures with its raw latencies to --out (default bench/results/fanout.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -68,6 +76,7 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from bench.phases import CpuTimeline, print_phases, split  # noqa: E402
 from bench.stack import Stack, new_session, percentile, submit_job  # noqa: E402
 from bench.ws_clients import (  # noqa: E402
     RESULT_TIMEOUT,
@@ -132,35 +141,16 @@ SCENARIOS = [
 # --- process meters ----------------------------------------------------------------------
 
 
-class ProcessMeter:
-    """CPU seconds used by a process (and its children) since start, and its largest RSS."""
+class RssMeter:
+    """The largest resident set of a process while sampled (CPU comes from bench/phases.py's timeline)."""
 
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
-        self.cpu_at_start = self._cpu()
-        self.cpu_now = self.cpu_at_start
         self.max_rss = 0
 
-    def _cpu(self) -> float:
-        total = 0.0
-        for process in [self.process, *self.process.children(recursive=True)]:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
-
     def sample(self) -> None:
-        try:
-            self.cpu_now = self._cpu()
+        with contextlib.suppress(psutil.NoSuchProcess):
             self.max_rss = max(self.max_rss, self.process.memory_info().rss)
-        except psutil.NoSuchProcess:
-            pass
-
-    @property
-    def cpu_seconds(self) -> float:
-        return self.cpu_now - self.cpu_at_start
 
 
 # --- the API -------------------------------------------------------------------------------
@@ -207,7 +197,7 @@ def _job_window(
     first: int | None = None
     in_window: list[int] = []
     for watcher in watchers:
-        for seq, current, state, _ in watcher.frames:
+        for seq, current, state, _, _ in watcher.frames:
             if state != "running" or current is None:
                 continue
             if current == warmup_ticks:
@@ -258,7 +248,7 @@ def analyse(
             delivery.expected += max(0, last - max(first, snapshot_seq + 1) + 1)
             seen: set[int] = set()
             previous = snapshot_seq
-            for seq, current, state, latency in watcher.frames[1:]:
+            for seq, current, state, latency, _ in watcher.frames[1:]:
                 if seq <= previous:
                     delivery.out_of_order += 1
                     continue
@@ -304,14 +294,6 @@ def _start_worker(stack: Stack, concurrency: int) -> None:
     )  # fmt: skip
 
 
-def _meters(stack: Stack) -> dict[str, ProcessMeter]:
-    assert stack.redis is not None
-    pids = {"daphne": stack.pids()["daphne0"], "redis": stack.redis.process.pid}
-    if "worker0" in stack.pids():
-        pids["worker"] = stack.pids()["worker0"]
-    return {name: ProcessMeter(pid) for name, pid in pids.items()}
-
-
 def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False) -> dict[str, Any]:
     """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
     reports = scenario.reports(warmup)
@@ -337,6 +319,15 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             submitted = time.time()
             sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
             client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
+            assert stack.redis is not None
+            timeline = CpuTimeline(
+                {
+                    "daphne": [stack.pids()["daphne0"]],
+                    "clients": [client.process.pid for client in clients if client.process.pid is not None],
+                    "redis": [stack.redis.process.pid],
+                }
+            )
+            timeline.start()
             for index, client in enumerate(clients):
                 client.start(
                     ClientPlan(
@@ -347,15 +338,14 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                         deadline=client_deadline,
                     )
                 )
-            connect_meters = _meters(stack)
             while not all(client.poll_opened() for client in clients) and time.time() < submitted + CONNECT_BUDGET:
                 time.sleep(SAMPLE_SECONDS / 5)
             opened = time.time()
-            for meter in connect_meters.values():
-                meter.sample()
 
             _start_worker(stack, scenario.jobs)
-            meters = _meters(stack)
+            worker_pid = stack.pids()["worker0"]
+            timeline.add("worker", [worker_pid])
+            meters = {"daphne": RssMeter(stack.pids()["daphne0"]), "worker": RssMeter(worker_pid)}
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
             stop_at = deadline
@@ -365,6 +355,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             # the GIL, every frame of the measured window waited on it.
             next_poll = released + job_seconds + POLL_AFTER
             all_terminal = False
+            stopped: float | None = None  # when the run stopped the clients, if it had to
             job_set = set(job_ids)
             while not all(client.poll_result() for client in clients):
                 for meter in meters.values():
@@ -378,6 +369,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                     next_poll = now + 1.0
                 if now >= stop_at:
                     stop.set()
+                    stopped = now
                     break
                 time.sleep(SAMPLE_SECONDS)  # plain sync loop: no event loop here
             for client in clients:
@@ -385,7 +377,9 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                     raise RuntimeError(f"client process {client.process.pid} handed back no results")
             for meter in meters.values():
                 meter.sample()
+            timeline.stop()
             finished = time.time()
+            stopped = stopped or finished
             timed_out = stop.is_set() and not all_terminal
             api_jobs = {job_id: job for job_id, job in fetch_jobs(base_url, cookies).items() if job_id in job_set}
         finally:
@@ -409,7 +403,15 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         if (started := _timestamp(job["started_at"])) is not None
         and (ended := _timestamp(job["finished_at"])) is not None
     ]
-    client_results = [client.result for client in clients if client.result]
+    phases = split(
+        watchers,
+        timeline,
+        connect=(submitted, opened),
+        started=released,
+        stopped=stopped,
+        interval=1 / scenario.rate_hz,
+    )
+    window = phases["rows"][-1]
     lost = delivery.expected - delivery.delivered
 
     def ms(value: float) -> float:
@@ -428,7 +430,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         "client_processes": len(clients),
         "submit_s": round(submitted - submit_started, 2),
         "connect_s": round(opened - submitted, 2),
-        "connect_daphne_cpu_s": round(connect_meters["daphne"].cpu_seconds, 2),
+        "connect_daphne_cpu_s": round(timeline.between("daphne", submitted, opened), 2),
+        "connect_clients_cpu_s": round(timeline.between("clients", submitted, opened), 2),
         "failed_sockets": delivery.failed_sockets,
         "late_sockets": delivery.late_sockets,
         "connect_retries": sum(w.retries for w in watchers),
@@ -450,13 +453,16 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         "jobs_finished": sum(1 for job in api_jobs.values() if job["state"] in TERMINAL),
         "timed_out": timed_out,
         "sockets_without_terminal": without_terminal,
-        "daphne_cpu_s": round(meters["daphne"].cpu_seconds, 2),
+        "window_s": window["seconds"],
+        "frames_sent": window["frames"],
+        "daphne_cpu_s": round(window["cpu_s"]["daphne"], 2),
+        "daphne_us_per_frame": window["daphne_us_per_frame"],
         "daphne_max_rss_mb": round(meters["daphne"].max_rss / 2**20, 1),
-        "worker_cpu_s": round(meters["worker"].cpu_seconds, 2),
+        "worker_cpu_s": round(window["cpu_s"]["worker"], 2),
         "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
-        "redis_cpu_s": round(meters["redis"].cpu_seconds, 2),
-        "clients_cpu_s": round(sum(r.cpu_seconds for r in client_results), 2),
-        "measured_s": round(finished - opened, 2),
+        "redis_cpu_s": round(window["cpu_s"]["redis"], 2),
+        "clients_cpu_s": round(window["cpu_s"]["clients"], 2),
+        "phases": phases,
         "close_codes": dict(Counter(str(w.close_code) for w in watchers)),
         "connect_errors": dict(Counter(w.error.split("(")[0] for w in watchers if w.error).most_common(3)),
         "p99_ms_by_tick": {
@@ -506,10 +512,13 @@ def print_run(figures: dict[str, Any]) -> None:
         f"{f['sockets_without_terminal']} sockets stopped before their terminal frame"
     )
     print(
-        f"CPU s over {f['measured_s']} s: daphne {f['daphne_cpu_s']} (max RSS {f['daphne_max_rss_mb']} MB), "
+        f"CPU s over the {f['window_s']} s from the worker's start to the last socket's close: "
+        f"daphne {f['daphne_cpu_s']} (max RSS {f['daphne_max_rss_mb']} MB), "
         f"worker {f['worker_cpu_s']} (max RSS {f['worker_max_rss_mb']} MB), redis {f['redis_cpu_s']}, "
-        f"clients {f['clients_cpu_s']}"
+        f"clients {f['clients_cpu_s']}; {f['frames_sent']} frames received, "
+        f"{_fmt(f['daphne_us_per_frame'])} µs of daphne CPU per frame"
     )
+    print_phases(f["phases"])
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:
@@ -557,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(figures)
     print_table(runs)
     for figures in runs:
-        print(json.dumps({k: v for k, v in figures.items() if k not in ("latencies_ms", "p99_ms_by_tick")}))
+        print(json.dumps({k: v for k, v in figures.items() if k not in ("latencies_ms", "p99_ms_by_tick", "phases")}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(runs))
     print(f"raw latencies of {len(runs)} run(s) in {args.out}; total {time.monotonic() - started:.0f} s")

@@ -5,9 +5,9 @@ of a single Python process and the benchmark would measure the client. So the
 watchers are split over a few processes (`ClientProcess`), each one asyncio loop with
 the `websockets` library's protocol (sans I/O) on bare asyncio transports. A process
 records, per socket, every frame as
-(seq, progress current, state, latency ms), latency being its receive `time.time()`
-minus the frame's `job.updated_at` (the worker's `time.time()` at report: one
-machine, one clock), and hands the lot back to the parent when every socket has
+(seq, progress current, state, latency ms, receive time), latency being its receive
+`time.time()` minus the frame's `job.updated_at` (the worker's `time.time()` at
+report: one machine, one clock), and when the socket closed, and hands the lot back to the parent when every socket has
 closed or it is told to stop.
 """
 
@@ -44,9 +44,9 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 READY, OPENED = "ready", "opened"  # what a client process tells its parent before the results
 CONTEXT = multiprocessing.get_context("spawn")  # no threads or sockets inherited from the parent
 
-# (seq, progress.current or None, state, latency ms); a socket's first frame is the
-# snapshot sent at accept, not a fresh change.
-Frame = tuple[int, float | None, str, float]
+# (seq, progress.current or None, state, latency ms, receive time.time()); a socket's
+# first frame is the snapshot sent at accept, not a fresh change.
+Frame = tuple[int, float | None, str, float, float]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class WatcherResult:
     error: str | None = None  # why the last handshake failed, if none succeeded
     retries: int = 0  # failed handshakes before the one that worked
     close_code: int | None = None
+    closed_at: float | None = None  # time.time() when the connection was lost (closed by either side)
     terminal_at: float | None = None  # time.time() when the terminal frame arrived
     frames: list[Frame] = field(default_factory=list)
     raw: list[tuple[float, bytes]] = field(default_factory=list)  # (receive time.time(), text), until parsed
@@ -73,7 +74,6 @@ class WatcherResult:
 @dataclass
 class ClientResult:
     watchers: list[WatcherResult]
-    cpu_seconds: float  # user + system of the client process while it watched
     connect_seconds: float  # from the plan's arrival to the last socket having its snapshot
 
 
@@ -94,7 +94,8 @@ def _parse(text: bytes, received: float) -> Frame | None:
     job = message["job"]
     progress = job["progress"]
     produced = datetime.fromisoformat(job["updated_at"]).timestamp()
-    return (job["seq"], progress["current"] if progress else None, job["state"], (received - produced) * 1000)
+    current = progress["current"] if progress else None
+    return (job["seq"], current, job["state"], (received - produced) * 1000, received)
 
 
 class _Socket(asyncio.Protocol):
@@ -112,6 +113,7 @@ class _Socket(asyncio.Protocol):
         self.opened: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.first: asyncio.Future[None] = self.loop.create_future()  # the snapshot, sent at accept
+        self.closed_at: float | None = None
         self.raw: list[tuple[float, bytes]] = []  # (receive time.time(), text frame)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,6 +150,7 @@ class _Socket(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_at = time.time()
         self.protocol.receive_eof()
         if not self.opened.done():
             self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
@@ -207,6 +210,7 @@ async def _watch(plan: ClientPlan, result: WatcherResult, gate: asyncio.Semaphor
                 socket.transport.abort()
     finally:
         result.close_code = socket.protocol.close_code
+        result.closed_at = socket.closed_at
         result.raw = socket.raw
 
 
@@ -225,7 +229,6 @@ def _parse_frames(result: WatcherResult) -> None:
 
 async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientResult:
     plan_at = time.time()
-    cpu_before = time.process_time()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     results = [WatcherResult(job_id=job_id) for job_id in plan.job_ids]
     waiting = len(results)
@@ -253,7 +256,6 @@ async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientRes
         _parse_frames(result)
     return ClientResult(
         watchers=results,
-        cpu_seconds=time.process_time() - cpu_before,
         connect_seconds=opened_at - plan_at,
     )
 
