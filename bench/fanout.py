@@ -9,6 +9,16 @@ processes (bench/ws_clients.py) so the client is not what is measured.
     .venv/bin/python bench/fanout.py                      # every scenario, both modes
     .venv/bin/python bench/fanout.py --quick              # watchers and jobs / 10
     .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --mode ours
+    .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --aligned   # lockstep
+
+Load shapes:
+  spread    (default) `ticker` jobs, job i's ticks i/jobs of an interval after job 0's,
+            as independent jobs tick
+  lockstep  (--aligned) `lockstep_ticker` jobs (bench/lockstep.py): every job ticks on
+            the clock's grid, at the same instant, as a batch of identical jobs does;
+            daphne runs bench.lockstep_asgi (the same application, with that kind)
+            and the worker imports bench.lockstep. (`ticker` jobs of one phase do not
+            tick together: each counts from its own start, and 100 starts take 0.7-0.9 s.)
 
 Modes:
   ours   CHANNEL_LAYER=pubsub, JOBSTREAM_PUBLISHER unset (the defaults)
@@ -98,6 +108,9 @@ SUBMIT_THREADS = 16  # concurrent POST /api/jobs/ while submitting
 SAMPLE_SECONDS = 0.25  # how often CPU/RSS are sampled and the clients polled
 API_PAGE_SIZE = 100  # the API's largest page
 DEFAULT_OUT = ROOT / "bench" / "results" / "fanout.json"
+DEFAULT_ASGI = "core.asgi:application"
+LOCKSTEP_ASGI = "bench.lockstep_asgi:application"  # the same application, with the lockstep kind registered
+LOCKSTEP_KIND = "lockstep_ticker"  # bench/lockstep.py; not imported here: it needs Django set up
 
 BASE_ENV = {
     "JOBSTREAM_BENCH_KINDS": "true",  # registers the `ticker` kind
@@ -272,17 +285,19 @@ def _submit_all(
     base_url: str, cookies: dict[str, str], csrf: str, count: int, params: dict[str, Any], *, aligned: bool
 ) -> list[str]:
     """Job i ticks i/count of an interval after job 0 (independent jobs do not tick
-    in step), or every job at the same instant with `aligned` (the burst case)."""
+    in step), or, with `aligned`, every job on the clock's grid, at the same instant
+    (the burst case, bench/lockstep.py)."""
 
     def one(index: int) -> str:
-        phase = 0.0 if aligned else index / count
-        return submit_job(base_url, cookies, csrf, "ticker", {**params, "phase": phase})
+        if aligned:
+            return submit_job(base_url, cookies, csrf, LOCKSTEP_KIND, params)
+        return submit_job(base_url, cookies, csrf, "ticker", {**params, "phase": index / count})
 
     with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
         return list(pool.map(one, range(count)))
 
 
-def _start_worker(stack: Stack, concurrency: int) -> None:
+def _start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
     """The worker, as Stack starts it (a thread per job); the queued jobs start once it is up."""
     celery = str(Path(sys.executable).parent / "celery")
     stack.spawn(
@@ -290,6 +305,7 @@ def _start_worker(stack: Stack, concurrency: int) -> None:
         [
             celery, "-A", "celery_app", "worker", "-n", "bench0@%h",
             "-P", "threads", "-c", str(concurrency), "-E", "-l", "WARNING",
+            *(["--include", "bench.lockstep"] if aligned else []),
         ],
     )  # fmt: skip
 
@@ -303,7 +319,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     clients: list[ClientProcess] = []
     stop = new_stop_event()
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
-    with Stack(env=env, workers=0, daphnes=1) as stack:
+    with Stack(env=env, workers=0, daphnes=1, asgi=LOCKSTEP_ASGI if aligned else DEFAULT_ASGI) as stack:
         try:
             client_count = _client_count(scenario.watchers)
             clients = [ClientProcess(stop) for _ in range(client_count)]
@@ -342,7 +358,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                 time.sleep(SAMPLE_SECONDS / 5)
             opened = time.time()
 
-            _start_worker(stack, scenario.jobs)
+            _start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
             meters = {"daphne": RssMeter(stack.pids()["daphne0"]), "worker": RssMeter(worker_pid)}

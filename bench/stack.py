@@ -65,6 +65,7 @@ class Stack:
         database: str = "sqlite",
         beat: bool = False,
         env: dict[str, str] | None = None,
+        asgi: str = "core.asgi:application",
     ) -> None:
         self.daphnes = daphnes
         self.workers = workers
@@ -73,6 +74,7 @@ class Stack:
         self.database = database
         self.beat = beat
         self.extra_env = env or {}
+        self.asgi = asgi
         self.workdir = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
         self.redis: RedisProcess | None = None
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -123,7 +125,7 @@ class Stack:
             self.ws_urls.append(f"ws://127.0.0.1:{port}")
             self.spawn(
                 f"daphne{index}",
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"],
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), self.asgi],
             )
         celery = str(Path(sys.executable).parent / "celery")
         for index in range(self.workers):

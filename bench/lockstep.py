@@ -1,0 +1,53 @@
+"""The lockstep load of bench/fanout.py (`--aligned`): jobs that tick at the same instant.
+
+The `ticker` kind keeps a schedule of its own, counted from its job's start, so jobs
+submitted together and given the same phase still tick apart: one worker starts 100
+of them over 0.7-0.9 s here (each start is a transaction), and their ticks fall all
+over the interval, much as with phases spread on purpose. `lockstep_ticker` ticks on
+the machine's clock grid instead (every multiple of the interval since the epoch),
+whenever its job started, so every running job reports at the same instant: the burst
+a batch of identical jobs driven by one clock makes.
+
+The kind is registered in the processes that need it by importing this module: the
+worker with `celery ... worker --include bench.lockstep`, daphne through
+`bench.lockstep_asgi:application`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from jobs.kinds import JobKind, Param, Reporter, register
+
+KIND = "lockstep_ticker"
+
+
+def run_lockstep_ticker(report: Reporter, *, reports: int, rate_hz: float) -> dict[str, Any]:
+    """Reports `reports` times at `rate_hz`, at the multiples of the interval on
+    `time.time()`, the first at least one interval after the start (no drift)."""
+    interval = 1.0 / rate_hz
+    first = math.ceil(time.time() / interval) + 1
+    for tick in range(1, reports + 1):
+        delay = (first + tick - 1) * interval - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        report(current=tick, total=reports, message=f"tick {tick}")
+    return {"reports": reports}
+
+
+register(
+    JobKind(
+        name=KIND,
+        title="Lockstep ticker (benchmark)",
+        description="Reports progress at a fixed rate on the clock's grid; used by bench/fanout.py --aligned.",
+        run=run_lockstep_ticker,
+        params=(
+            Param("reports", "Reports", 1, 100_000, default=100),
+            Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
+        ),
+        soft_time_limit=3600,
+        time_limit=3660,
+    )
+)
