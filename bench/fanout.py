@@ -440,6 +440,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         "jobs": scenario.jobs,
         "rate_hz": scenario.rate_hz,
         "aligned": aligned,
+        "shape": "lockstep" if aligned else "spread",
         "seconds": scenario.seconds,
         "warmup_ticks": warmup_ticks,
         "reports_per_job": reports,
@@ -499,9 +500,9 @@ def print_run(figures: dict[str, Any]) -> None:
     f = figures
     layer = "pubsub layer, loop publisher" if f["mode"] == "ours" else "core layer, async_to_sync per update"
     print(f"\n== {f['scenario']} · {f['mode']} ({layer}) ==")
+    shape = "lockstep: every job ticks at the same instant" if f["aligned"] else "spread: phases over the interval"
     print(
-        f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz, "
-        f"{'all in step' if f.get('aligned') else 'phases spread over the interval'}; "
+        f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz, {shape}; "
         f"ticks 1-{f['warmup_ticks']} of each "
         f"job are warm-up, not counted; {f['watchers']} watchers in {f['client_processes']} client process(es)"
     )
@@ -538,22 +539,30 @@ def print_run(figures: dict[str, Any]) -> None:
 
 
 def print_table(runs: list[dict[str, Any]]) -> None:
-    print("\nside by side (latency in ms; lost = frames lost / expected; wall = % over nominal)")
-    header = f"{'scenario':<18} {'mode':<6} {'p50':>8} {'p95':>8} {'p99':>9} {'max':>9} {'lost':>14} {'wall':>8}"
+    print(
+        "\nside by side (latency in ms; lost = frames lost / expected; wall = % over nominal; CPU s and frames "
+        "over the worker's start to the last close; µs = daphne CPU per frame)"
+    )
+    header = (
+        f"{'scenario':<18} {'shape':<8} {'mode':<6} {'p50':>8} {'p95':>8} {'p99':>9} {'max':>9} {'lost':>14} "
+        f"{'wall':>8} {'daphne':>7} {'worker':>7} {'clients':>7} {'frames':>7} {'µs':>6}"
+    )
     print(header)
     print("-" * len(header))
-    by_scenario: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_scenario: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for f in runs:
-        by_scenario[f["scenario"]][f["mode"]] = f
+        by_scenario[(f["scenario"], f["shape"])][f["mode"]] = f
         lost = f"{f['frames_lost']}/{f['frames_expected']}"
         print(
-            f"{f['scenario']:<18} {f['mode']:<6} {_fmt(f['p50_ms']):>8} {_fmt(f['p95_ms']):>8} "
-            f"{_fmt(f['p99_ms']):>9} {_fmt(f['max_ms']):>9} {lost:>14} {_fmt(f['wall_over_pct'], '%'):>8}"
+            f"{f['scenario']:<18} {f['shape']:<8} {f['mode']:<6} {_fmt(f['p50_ms']):>8} {_fmt(f['p95_ms']):>8} "
+            f"{_fmt(f['p99_ms']):>9} {_fmt(f['max_ms']):>9} {lost:>14} {_fmt(f['wall_over_pct'], '%'):>8} "
+            f"{f['daphne_cpu_s']:>7} {f['worker_cpu_s']:>7} {f['clients_cpu_s']:>7} {f['frames_sent']:>7} "
+            f"{_fmt(f['daphne_us_per_frame']):>6}"
         )
-    for name, modes in by_scenario.items():
+    for (name, shape), modes in by_scenario.items():
         ours, naive = modes.get("ours"), modes.get("naive")
         if ours and naive and ours["p99_ms"] and naive["p99_ms"]:
-            print(f"{name}: p99 ours/naive = {ours['p99_ms'] / naive['p99_ms']:.3f}")
+            print(f"{name} {shape}: p99 ours/naive = {ours['p99_ms'] / naive['p99_ms']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:

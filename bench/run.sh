@@ -24,8 +24,11 @@ echo "== worker CPU per progress frame"
 $PY bench/worker_publish.py --repeat 1 --seconds 4 | tee "$out/worker_publish.log"
 tail -n 1 "$out/worker_publish.log" > "$out/worker_publish.json"
 
-echo "== fan-out latency: ours vs naive"
+echo "== fan-out latency, spread load (tick phases over the interval): ours vs naive"
 $PY bench/fanout.py --out "$out/fanout.json"
+
+echo "== fan-out latency, lockstep load (every job ticks at the same instant): ours vs naive"
+$PY bench/fanout.py --aligned --scenario 1000w/100j@10Hz --out "$out/fanout_lockstep.json"
 
 echo "== connection capacity"
 $PY bench/capacity.py --out "$out/capacity.json"
