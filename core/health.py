@@ -22,6 +22,8 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from celery_app import app
+
 CHECK_TIMEOUT = 2  # seconds per check: a health probe must answer quickly
 # A check that overruns its own timeouts (a connect the OS holds on to) is abandoned
 # after this, and counts as failed.
@@ -69,15 +71,11 @@ def check_channel_layer() -> None:
 
 
 def check_broker() -> None:
-    from celery_app import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
 
 
 def check_worker() -> None:
-    from celery_app import app
-
     # limit=1: answered as soon as one worker replies, not after the whole timeout.
     if not app.control.ping(timeout=CHECK_TIMEOUT, limit=1):
         raise CheckFailed(f"no worker answered a ping within {CHECK_TIMEOUT:g} s")

@@ -23,6 +23,7 @@ A fork (Celery's prefork pool) gets its own threads and connections on first use
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -330,22 +331,20 @@ publisher = Publisher()
 FrameSender = Callable[[list[str], LayerJobMessage], None]
 
 
-def _frame_sender() -> FrameSender:
-    """How a frame leaves this process: the publisher, or JOBSTREAM_PUBLISHER's callable
-    (a dotted path; the benchmarks' baseline publishes the usual way through it)."""
-    global _sender
-    if _sender is None:
-        path = settings.JOBSTREAM_PUBLISHER
-        _sender = import_string(path) if path else publisher.send_job_frame
-    return _sender
-
-
-_sender: FrameSender | None = None
+@functools.cache
+def _frame_sender(path: str) -> FrameSender:
+    sender: FrameSender = import_string(path)
+    return sender
 
 
 def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text: str) -> None:
+    """Sends one frame through the publisher, or through JOBSTREAM_PUBLISHER's callable
+    (a dotted path: the benchmarks' baseline publishes the usual way through it)."""
     message: LayerJobMessage = {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": text}
-    _frame_sender()(groups, message)
+    if settings.JOBSTREAM_PUBLISHER:
+        _frame_sender(settings.JOBSTREAM_PUBLISHER)(groups, message)
+    else:
+        publisher.send_job_frame(groups, message)
 
 
 def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:

@@ -183,7 +183,7 @@ class RunningJob:
         columns = ", ".join(f"{column[name]} = %s" for name in fields)
         pk = Job._meta.get_field("id").get_db_prep_value(job.pk, connection)
         # In a transaction, so that on SQLite it queues with the process's other writes
-        # (core/sqlite/base.py) rather than in SQLite's sleeping busy handler.
+        # (core/compat/django) rather than in SQLite's sleeping busy handler.
         with transaction.atomic(), connection.cursor() as cursor:
             # One statement, no ORM round trip: this runs about once a second per job.
             # A run replaced after its worker was taken for lost finds another attempt
