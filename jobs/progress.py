@@ -85,20 +85,19 @@ class Progress:
         `__call__` slot and costs about twice a plain function call; the coalesced
         path is most of what a tight loop pays, so kinds get the function.
         """
-        progress = self
         clock = self._clock
 
         def report(current: float | None = None, total: float | None = None, message: str = "") -> None:
-            if progress._cancelled:
+            if self._cancelled:
                 raise JobCancelled()
-            progress._current = current
-            progress._total = total
-            progress._message = message
+            self._current = current
+            self._total = total
+            self._message = message
             now = clock()
-            if now < progress._next_at:
-                progress._pending = True
+            if now < self._next_at:
+                self._pending = True
                 return
-            progress._send(now)
+            self._send(now)
 
         report.result_path = self.result_path  # type: ignore[attr-defined]
         return report

@@ -42,7 +42,7 @@ class Step:
         """Reports this step's progress; without a total the bar holds where it is."""
         if current is not None and total:
             self.fraction = min(1.0, max(0.0, current / total))
-        self._steps._report(self, message)
+        self._steps.report_step(self, message)
 
     def result_path(self, filename: str) -> Path:
         return Path(self._steps.report.result_path(filename))
@@ -99,6 +99,6 @@ class Steps:
     def percent(self, step: Step) -> float:
         return round(100 * (self._starts[step.index] + self._shares[step.index] * step.fraction), PERCENT_DIGITS)
 
-    def _report(self, step: Step, message: str) -> None:
+    def report_step(self, step: Step, message: str) -> None:
         text = f"{step.label}: {message}" if message else step.label
         self.report(current=self.percent(step), total=100, message=text)

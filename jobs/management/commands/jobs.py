@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import uuid
 from datetime import timedelta
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -112,10 +113,10 @@ class Command(BaseCommand):
             raise CommandError(f"Bad parameters for {kind}: {problems}") from exc
         self.stdout.write(f"Started {job.kind} job {job.id}")
         if watch:
-            self._watch(job.id)
+            self._watch(job.id, stream=options.get("stdout"))
 
     def handle_watch(self, *, job_id: str, **options: Any) -> None:
-        self._watch(_job_id(job_id))
+        self._watch(_job_id(job_id), stream=options.get("stdout"))
 
     def handle_list(self, *, state: str | None, limit: int, **options: Any) -> None:
         jobs = Job.objects.order_by("-created_at")
@@ -137,10 +138,10 @@ class Command(BaseCommand):
         said = "cancelled" if job.state == JobState.CANCELLED else "asked to stop (it stops at its next report)"
         self.stdout.write(f"Job {job.id} {said}.")
 
-    def _watch(self, job_id: uuid.UUID) -> None:
-        # The command's own stdout (a test's buffer under call_command): rich draws a
-        # live bar on a terminal and plain lines elsewhere.
-        console = Console(file=cast(IO[str], self.stdout._out))
+    def _watch(self, job_id: uuid.UUID, *, stream: IO[str] | None) -> None:
+        # The command's own stream (call_command's stdout, a test's buffer, else sys.stdout):
+        # rich draws a live bar on a terminal and plain lines elsewhere.
+        console = Console(file=stream or sys.stdout)
         with ProgressView(console) as view:
             final = asyncio.run(follow(job_id, view.show))
         if final is None:
