@@ -1,36 +1,29 @@
 """The terminal client behind `manage.py jobs submit|watch|list|cancel`.
 
-`watch` follows a job the way a job socket does (notifications/consumers.py): it joins
-the job's group on the channel layer before it reads the snapshot, then applies every
-job frame whose `seq` is above the last one shown. Those are the frames the browser
-gets: the worker publishes them once to the group, and daphne forwards the same text.
-When nothing arrives for RESYNC_SECONDS it reads the job again, so a frame lost while
-Redis was away cannot leave the bar hanging.
+`watch` is a transport on the follow seam (notifications/follow.py), like the job socket:
+it joins the job's group before it reads the job, then shows every newer frame, the same
+frames the browser gets, and reads the job again after the channel layer was away from
+Redis, so a frame lost meanwhile cannot leave the bar hanging.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from jobs.models import Job, JobState
+from jobs.models import TERMINAL_STATES, Job
 from jobs.owners import Owner
-from jobs.selectors import job_queue_position
-from jobs.serializers import JobPayload, job_payload
-from notifications.groups import job_group
+from jobs.serializers import JobFrame, JobPayload
+from notifications.follow import job_follow, read_job
 
 CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it
-RESYNC_SECONDS = 5.0  # silence after which the job is read again from the database
-TERMINAL_STATES = {JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value}
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}  # `jobs submit --watch` exits with these
 
 
@@ -54,42 +47,26 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 # --- watching ------------------------------------------------------------------------
 
 
-def _snapshot(job_id: uuid.UUID) -> JobPayload | None:
-    job = Job.objects.filter(pk=job_id).first()
-    if job is None:
-        return None
-    return job_payload(job, staff=True, queue_position=job_queue_position(job=job))
-
-
 async def follow(job_id: uuid.UUID, show: Callable[[JobPayload], None]) -> JobPayload | None:
     """Calls `show` with each newer state of the job until it is terminal; None if the
-    job does not exist."""
-    layer = get_channel_layer()
-    assert layer is not None, "CHANNEL_LAYERS must define a default layer"
-    channel = await layer.new_channel()
-    group = job_group(job_id)
-    await layer.group_add(group, channel)
+    job does not exist. The terminal is an operator's console: it sees jobs as staff do."""
+    follow = job_follow(job_id, staff=True)
     try:
-        current = await database_sync_to_async(_snapshot)(job_id)
-        if current is None:
+        payloads = await follow.open(functools.partial(read_job, job_id, staff=True))
+        if not payloads:
             return None
+        (current,) = payloads
+        follow.shown(payloads)
         show(current)
         while current["state"] not in TERMINAL_STATES:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel), RESYNC_SECONDS)
-            except TimeoutError:
-                fresh = await database_sync_to_async(_snapshot)(job_id)
-                if fresh is not None and fresh["seq"] > current["seq"]:
-                    current = fresh
-                    show(current)
-                continue
-            if message.get("type") != "job.frame" or message["seq"] <= current["seq"]:
-                continue
-            current = json.loads(message["text"])["job"]
+            message = await follow.next()
+            assert message is not None  # no timeout: it waits for the next change
+            frame: JobFrame = json.loads(message["text"])
+            current = frame["job"]
             show(current)
         return current
     finally:
-        await layer.group_discard(group, channel)
+        await follow.close()
 
 
 @dataclass

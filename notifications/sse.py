@@ -1,49 +1,37 @@
 """Server-Sent Events at `/api/jobs/<id>/events/`: the fallback when WebSockets fail.
 
 `id: <seq>`, `event: job`, `data: <job JSON>`; honours `Last-Event-ID`; ends after the
-terminal state. Like the sockets, it joins the job's group before it reads the
-snapshot. A quiet stream re-reads the job now and then, so a frame dropped by the
-layer cannot leave it waiting forever.
+terminal state (docs/contract.md). A transport on the follow seam (notifications/follow.py),
+like the sockets: the job's group is joined before its state is read, only newer changes
+go out, and the stream reads the job again only after the layer was away from Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
+import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from core.api_errors import errors_response, method_not_allowed_response
-from jobs.models import Job
+from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_request
-from jobs.selectors import job_get_visible, job_queue_position
-from jobs.serializers import job_payload, payload_text
-from notifications.groups import job_group
-from notifications.messages import LayerJobMessage
+from jobs.selectors import job_get_visible
+from jobs.serializers import payload_text
+from notifications.follow import job_follow, read_job
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
-RESYNC_EVERY = 4  # keep-alives between database re-reads (about a minute)
 LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
 def _event(seq: int, job_json: str) -> bytes:
     return f"id: {seq}\nevent: job\ndata: {job_json}\n\n".encode()
-
-
-def _job_event(job: Job, *, staff: bool, queue_position: int | None) -> bytes:
-    return _event(job.seq, payload_text(job_payload(job, staff=staff, queue_position=queue_position)))
-
-
-async def _read(job_id: Any) -> tuple[Job, int | None]:
-    job = await database_sync_to_async(Job.objects.get)(pk=job_id)
-    return job, await database_sync_to_async(job_queue_position)(job=job)
 
 
 @csrf_exempt  # GET only (any other method gets 405), so there is nothing to forge
@@ -71,48 +59,26 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
     return response
 
 
-async def _stream(job_id: Any, *, last_seq: int, staff: bool) -> AsyncIterator[bytes]:
-    layer = get_channel_layer()
-    assert layer is not None
-    channel = await layer.new_channel()
-    group = job_group(job_id)
-    await layer.group_add(group, channel)
-    receiving: asyncio.Future[Any] | None = None
+async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool) -> AsyncIterator[bytes]:
+    follow = job_follow(job_id, staff=staff)
     try:
-        job, position = await _read(job_id)
-        if job.seq > last_seq:
-            last_seq = job.seq
-            yield _job_event(job, staff=staff, queue_position=position)
-        if job.is_terminal:
+        payloads = await follow.open(functools.partial(read_job, job_id, staff=staff))
+        if not payloads:
+            return  # deleted since the request was checked
+        (payload,) = payloads
+        if payload["seq"] > last_seq:
+            yield _event(payload["seq"], payload_text(payload))
+        follow.shown_seq(payload["id"], max(payload["seq"], last_seq))
+        if payload["state"] in TERMINAL_STATES:
             return
         yield b"retry: 2000\n\n"
-        quiet = 0
         while True:
-            if receiving is None:
-                # One receive in flight across keep-alives: cancelling it would make
-                # the pub/sub layer unsubscribe the channel.
-                receiving = asyncio.ensure_future(layer.receive(channel))
-            done, _ = await asyncio.wait({receiving}, timeout=KEEPALIVE_SECONDS)
-            if done:
-                message: LayerJobMessage = receiving.result()
-                receiving = None
-                if message["seq"] > last_seq:
-                    last_seq = message["seq"]
-                    yield _event(last_seq, json.dumps(json.loads(message["text"])["job"]))
-                if message["terminal"]:
-                    return
-                continue
-            quiet += 1
-            if quiet % RESYNC_EVERY:
+            message = await follow.next(timeout=KEEPALIVE_SECONDS)
+            if message is None:
                 yield b": keep-alive\n\n"
                 continue
-            job, position = await _read(job_id)  # heals a frame the layer dropped
-            if job.seq > last_seq:
-                last_seq = job.seq
-                yield _job_event(job, staff=staff, queue_position=position)
-            if job.is_terminal:
+            yield _event(message["seq"], json.dumps(json.loads(message["text"])["job"], separators=(",", ":")))
+            if message["terminal"]:
                 return
     finally:
-        if receiving is not None:
-            receiving.cancel()
-        await layer.group_discard(group, channel)
+        await follow.close()

@@ -43,38 +43,19 @@ from core.compat.channels_redis import (
     stop_direct,
     subscriber_reconnects,
 )
-from core.redis_local import RedisProcess, redis_answers, start_redis
+from core.redis_local import redis_answers
 from core.settings import channel_layers_for
 from jobs.models import Job, JobState
 from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import staff_group
 from notifications.publish import PUBLISH_TIMEOUT, Publisher, ShardWriter, blocking_pool, packed_by_shard
 from tests.live_daphne import DaphneProcess, start_celery_worker
-from tests.processes import stop_process
+from tests.processes import RestartableRedis, stop_process
 from tests.waiting import async_wait_until, wait_until
 
 RECOVERY_SECONDS = 5.0  # issue 5: every socket shows the true state this soon after Redis is back
 FRAME_TIMEOUT = 5.0  # seconds for one frame to cross Redis on this machine
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-class RestartableRedis:
-    """A redis-server on a fixed port that a test may stop and start again."""
-
-    def __init__(self) -> None:
-        self.process: RedisProcess = start_redis()
-        self.port = self.process.port
-        self.url = self.process.url
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def start(self) -> None:
-        self.process = start_redis(port=self.port)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture

@@ -1,0 +1,254 @@
+"""The follow seam: what a stream of job changes needs, whatever carries it to the client.
+
+A `Follow` joins the stream's groups before anything is read, so no change can fall
+between the snapshot and the frames; it lets through only frames whose `seq` is above
+the last one shown for their job; and after the channel layer was away from Redis it
+re-reads what the stream shows (one read per job, owner or staff view for every stream
+of the process, `SharedReads`) and passes on what is newer. It adds no database read of
+its own while a stream is quiet.
+
+Two ways to take the changes:
+
+- push (`push_to`): the layer's subscriber hands each new frame to the stream's sink
+  itself, stream after stream, with no task woken per stream (the WebSocket consumers,
+  where a frame reaches a thousand sockets);
+- pull (`next`, or `async for`): a stream that has a task of its own waits for the next
+  change (Server-Sent Events, the terminal client).
+
+A transport is a small module on top: open a Follow with the read of its first state,
+send that, then send each change (notifications/consumers.py, notifications/sse.py,
+jobs/cli.py). With a channel layer other than jobstream's (core/compat/channels_redis.py)
+a Follow reads its channel in a task of its own and cannot tell when Redis came back:
+pages then heal from their own re-reads (docs/architecture.md "Streams that heal").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from channels.layers import get_channel_layer
+
+from core.compat.channels_redis import LatestWinsQueue, SharedReads, deliver_directly, fast_layer, stop_direct
+from jobs.models import TERMINAL_STATES, Job, JobState
+from jobs.owners import Owner
+from jobs.selectors import job_count_by_state, job_list_active, job_list_recent_for_owner, job_queue_position
+from jobs.serializers import JobPayload, job_frame_text, job_payload
+from notifications.db import socket_db
+from notifications.groups import job_group, owner_group, staff_group
+from notifications.messages import LayerJobMessage
+
+T = TypeVar("T")
+Sink = Callable[[LayerJobMessage], Awaitable[None]]
+ReadJobs = Callable[[], list[JobPayload]]  # runs in the sockets' database thread
+Resync = Callable[[SharedReads], Awaitable[None]]
+
+
+def job_message(payload: JobPayload) -> LayerJobMessage:
+    """A job's state as the layer carries it, for a state read from the database."""
+    return {
+        "type": "job.frame",
+        "job_id": payload["id"],
+        "seq": payload["seq"],
+        "terminal": payload["state"] in TERMINAL_STATES,
+        "text": job_frame_text(payload),
+    }
+
+
+class Follow:
+    """The changes of the jobs one stream shows (see the module docstring).
+
+    `reread` is what the stream would show now (its snapshot), read again after the layer
+    came back to Redis; streams with the same `reread_key` share one read. A stream whose
+    healing is not "each newer job" gives its own `on_resync` instead (the staff view
+    sends a whole new snapshot)."""
+
+    def __init__(
+        self,
+        groups: Sequence[str],
+        *,
+        reread: ReadJobs | None = None,
+        reread_key: Hashable = None,
+        on_resync: Resync | None = None,
+    ) -> None:
+        self.groups = list(groups)
+        self.last_seq: dict[str, int] = {}
+        self.closed = False
+        self._reread = reread
+        self._reread_key = reread_key
+        self._on_resync = on_resync
+        self._joined: list[str] = []
+        self._channel: str | None = None
+        self._layer: Any = None
+        self._reader: asyncio.Future[None] | None = None
+        self._held = LatestWinsQueue()  # frames before the sink is set, and every frame in pull mode
+        self._sink: Sink | None = None
+
+    # --- opening and closing -------------------------------------------------------------
+
+    async def open(self, read: Callable[[], T]) -> T:
+        """Joins the groups, then runs `read` in the sockets' database thread and returns
+        what it gives (the stream's first state). Nothing published from the join on is
+        missed: it waits for `push_to` or `next`."""
+        layer = get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS must define a default layer"
+        self._layer = layer
+        fast = fast_layer(layer)
+        if fast is not None:
+            self._channel = await fast.new_local_channel()
+            deliver_directly(self._channel, self._push, self._resync)
+        else:
+            self._channel = await layer.new_channel()
+            self._reader = asyncio.ensure_future(self._read_channel())
+        for group in self.groups:
+            await layer.group_add(group, self._channel)
+            self._joined.append(group)
+        return await socket_db(read)
+
+    def stop(self) -> None:
+        """No more frames for this stream (it is closing)."""
+        self.closed = True
+        if self._channel is not None:
+            stop_direct(self._channel)
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def close(self) -> None:
+        """Stops, and leaves the groups."""
+        self.stop()
+        while self._joined:
+            await self._layer.group_discard(self._joined.pop(), self._channel)
+
+    def heals_with(self, reread: ReadJobs, key: Hashable) -> None:
+        """After the layer came back to Redis, `reread` gives what the stream shows now
+        (a stream that learns who reads it only from its first read sets it then)."""
+        self._reread, self._reread_key = reread, key
+
+    # --- the seq filter ----------------------------------------------------------------------
+
+    def shown(self, payloads: Iterable[JobPayload]) -> None:
+        """The stream showed these states: only newer ones pass from now on."""
+        for payload in payloads:
+            self.shown_seq(payload["id"], payload["seq"])
+
+    def shown_seq(self, job_id: str, seq: int) -> None:
+        if seq > self.last_seq.get(job_id, 0):
+            self.last_seq[job_id] = seq
+
+    def newer(self, message: LayerJobMessage) -> bool:
+        """Whether the stream has not shown this change yet; if so, it counts as shown."""
+        if message["seq"] <= self.last_seq.get(message["job_id"], 0):
+            return False
+        self.last_seq[message["job_id"]] = message["seq"]
+        return True
+
+    # --- taking the changes ----------------------------------------------------------------------
+
+    async def push_to(self, sink: Sink) -> None:
+        """From now on each newer change is awaited in `sink`, first those that came
+        while the snapshot was read."""
+        while not self._held.empty():
+            message = self._held.get_nowait()
+            if not self.closed and self.newer(message):
+                await sink(message)
+        self._sink = sink
+
+    async def next(self, timeout: float | None = None) -> LayerJobMessage | None:
+        """The next newer change; None when `timeout` seconds pass without one."""
+        while True:
+            try:
+                message = await asyncio.wait_for(self._held.get(), timeout)
+            except TimeoutError:
+                return None
+            if self.newer(message):
+                return message
+
+    def __aiter__(self) -> Follow:
+        return self
+
+    async def __anext__(self) -> LayerJobMessage:
+        message = await self.next()
+        assert message is not None  # no timeout: it waits for the next change
+        return message
+
+    # --- from the layer ----------------------------------------------------------------------
+
+    async def _push(self, message: LayerJobMessage) -> None:
+        """A frame for the stream's groups, from the layer's subscriber (or the reader)."""
+        if self.closed:
+            return
+        sink = self._sink
+        if sink is None:
+            self._held.put_nowait(message)
+        elif self.newer(message):
+            await sink(message)
+
+    async def _read_channel(self) -> None:
+        """With a layer that is not jobstream's: its frames, one at a time."""
+        while True:
+            await self._push(await self._layer.receive(self._channel))
+
+    async def _resync(self, reads: SharedReads) -> None:
+        """The layer is back on Redis and what it carried meanwhile is lost: read again."""
+        if self.closed:
+            return
+        if self._on_resync is not None:
+            await self._on_resync(reads)
+            return
+        if self._reread is None:
+            return
+        reread = self._reread
+        for payload in await reads.get(self._reread_key, lambda: socket_db(reread)):
+            await self._push(job_message(payload))
+
+
+# --- what each stream shows ------------------------------------------------------------------
+
+
+def read_job(job_id: uuid.UUID | str, *, staff: bool) -> list[JobPayload]:
+    """One job's state as a job stream shows it (a list of one; empty once it is gone)."""
+    job = Job.objects.filter(pk=job_id).first()
+    return [] if job is None else [job_payload(job, staff=staff, queue_position=job_queue_position(job=job))]
+
+
+def read_owner_jobs(owner: Owner) -> list[JobPayload]:
+    """An owner's recent jobs, newest first, as the owner stream's snapshot shows them."""
+    return [
+        job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
+        for job in job_list_recent_for_owner(owner=owner)
+    ]
+
+
+def read_active_jobs() -> tuple[list[JobPayload], dict[str, int]]:
+    """Every queued and running job, oldest first, and the counts per state (the staff view)."""
+    active = job_list_active()
+    queued = [job for job in active if job.state == JobState.QUEUED]
+    # One count for the whole line: the list is oldest first, so a job's place is the
+    # number of queued jobs created before it, plus one.
+    ahead = {job.id: index + 1 for index, job in enumerate(queued)}
+    return [job_payload(job, staff=True, queue_position=ahead.get(job.id)) for job in active], job_count_by_state()
+
+
+def job_follow(job_id: uuid.UUID | str, *, staff: bool) -> Follow:
+    """The changes of one job."""
+    return Follow(
+        [job_group(job_id)],
+        reread=lambda: read_job(job_id, staff=staff),
+        reread_key=("job", str(job_id), staff),  # staff streams carry error_detail
+    )
+
+
+def owner_follow(owner: Owner) -> Follow:
+    """The changes of every job of an owner, new ones included."""
+    return Follow(
+        [owner_group(owner.key)],
+        reread=lambda: list(reversed(read_owner_jobs(owner))),  # oldest first, as they happened
+        reread_key=("owner", owner.key, owner.is_staff),
+    )
+
+
+def staff_follow(on_resync: Resync) -> Follow:
+    """The changes of every job, for the staff view (which heals with a whole snapshot)."""
+    return Follow([staff_group()], on_resync=on_resync)
