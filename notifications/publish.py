@@ -161,6 +161,7 @@ class Publisher:
         self._cancel_watchers: dict[str, Callable[[], None]] = {}
         self._listener_started = False
         self._listener_ready = threading.Event()
+        self._stopping = threading.Event()
 
     def _channel_layer(self) -> Any:
         return self._layer if self._layer is not None else get_channel_layer()
@@ -288,18 +289,22 @@ class Publisher:
     def unwatch_cancel(self, job_id: str) -> None:
         self._cancel_watchers.pop(job_id, None)
 
+    def close(self) -> None:
+        """Stops the cancel listener (a process that is shutting down, or a test session)."""
+        self._stopping.set()
+
     def _listen(self, ready: threading.Event) -> None:
         """The listener thread: one subscription for the process's life, resumed when Redis comes back."""
         pool = blocking_pool({**self._cancel_host(), "socket_timeout": None})
         delay = 0.1
-        stop = threading.Event()  # never set: waits without a bare sleep
-        while True:
+        stopping = self._stopping
+        while not stopping.is_set():
             pubsub = redis.Redis(connection_pool=pool).pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(CANCEL_CHANNEL)
                 ready.set()
                 delay = 0.1
-                while True:
+                while not stopping.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
@@ -308,12 +313,13 @@ class Publisher:
                     if callback is not None:
                         callback()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                logger.warning("the cancel listener lost Redis (%r); retrying in %.1f s", exc, delay)
+                if not stopping.is_set():
+                    logger.warning("the cancel listener lost Redis (%r); retrying in %.1f s", exc, delay)
             except Exception:
                 logger.exception("the cancel listener failed; retrying in %.1f s", delay)
             finally:
                 pubsub.close()
-            stop.wait(delay)
+            stopping.wait(delay)
             delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
 

@@ -53,6 +53,7 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
 
     from celery_app import app
     from core.settings import channel_layers_for
+    from notifications.publish import publisher
 
     url = redis_server.url
     override = override_settings(
@@ -65,6 +66,7 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
     override.enable()
     app.conf.update(broker_url=url, result_backend=url)
     yield
+    publisher.close()  # its cancel listener, before the Redis it listens on stops
     override.disable()
 
 
