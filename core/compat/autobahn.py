@@ -24,9 +24,10 @@ from typing import Any
 from autobahn.twisted import websocket as autobahn_twisted
 from autobahn.websocket import protocol as autobahn_protocol
 
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
-TESTED = "~=26.10.2"  # the pinned release series: written against 26.10.2, tested with it
+# The pinned release series: written against 26.10.2, tested with it.
+UPSTREAM = Upstream("autobahn", package="autobahn", tested="~=26.10.2")
 STATE_OPEN = autobahn_protocol.WebSocketProtocol.STATE_OPEN
 SEND_STATE_GROUND = autobahn_protocol.WebSocketProtocol.SEND_STATE_GROUND  # no message half sent
 LABELLED_MODULES = (autobahn_protocol, autobahn_twisted)  # the modules daphne's sockets run through
@@ -49,11 +50,8 @@ def _install_plain_labels() -> None:
         module.hlval = plain_value_label  # type: ignore[attr-defined]
 
 
-PLAIN_LOG_LABELS = Patch(
-    name="autobahn.plain-log-labels",
-    package="autobahn",
-    tested=TESTED,
-    kind=Kind.SPEED,
+PLAIN_LOG_LABELS = UPSTREAM.speed(
+    "plain-log-labels",
     changes="hltype/hlval in autobahn.websocket.protocol and autobahn.twisted.websocket give plain labels",
     why="autobahn colours a debug label through click for every frame, connect and close, logged or not",
     install=_install_plain_labels,
@@ -111,11 +109,8 @@ def write_frame(protocol: Any, frame: bytes) -> bool:
     return True
 
 
-FRAMED_ONCE = Patch(
-    name="autobahn.framed-once",
-    package="autobahn",
-    tested=TESTED,
-    kind=Kind.SPEED,
+FRAMED_ONCE = UPSTREAM.speed(
+    "framed-once",
     changes="a job frame is framed once per process and written to each socket's transport, skipping sendMessage",
     why="each socket then frames the same text again through sendMessage, sendFrame and sendData",
 )

@@ -34,13 +34,12 @@ from channels.sessions import InstanceSessionWrapper
 from channels.utils import await_many_dispatch
 
 from core.compat import channels_redis
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
-FAST_PATH = Patch(
-    name="channels.consumer-fast-path",
-    package="channels",
-    tested="~=4.3.2",  # the pinned release series: written against 4.3.2, tested with it
-    kind=Kind.SPEED,
+# The pinned release series: written against 4.3.2, tested with it.
+UPSTREAM = Upstream("channels", package="channels", tested="~=4.3.2")
+FAST_PATH = UPSTREAM.speed(
+    "consumer-fast-path",
     changes="AsyncConsumer.__call__/dispatch and websocket_disconnect repeated without a Redis channel per "
     "socket, the close_old_connections thread hops and the session wrapper after accept",
     why="every message then takes a worker-thread hop, and every socket a Redis subscription of its own",

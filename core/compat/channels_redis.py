@@ -50,15 +50,14 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
 logger = logging.getLogger(__name__)
 
-LAYER = Patch(
-    name="channels_redis.jobstream-layer",
-    package="channels-redis",
-    tested="~=4.3.0",  # the pinned release series: written against 4.3.0, tested with it
-    kind=Kind.SPEED,
+# The pinned release series: written against 4.3.0, tested with it.
+UPSTREAM = Upstream("channels_redis", package="channels-redis", tested="~=4.3.0")
+LAYER = UPSTREAM.speed(
+    "jobstream-layer",
     changes="JobStreamChannelLayer subclasses the pub/sub layer's loop layer and shard connection",
     why="frames then reach each socket through Channels' dispatch loop, unbounded queues and no resync",
 )

@@ -22,9 +22,10 @@ from typing import Any
 from daphne.ws_protocol import WebSocketProtocol
 
 from core.compat import twisted
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
-TESTED = "~=4.2.3"  # the pinned release series: written against 4.2.3, tested with it
+# The pinned release series: written against 4.2.3, tested with it.
+UPSTREAM = Upstream("daphne", package="daphne", tested="~=4.2.3")
 
 # Unsent bytes past which a WebSocket is dropped. About a thousand progress frames: a
 # client that far behind shows stale bars anyway and is better served by a reconnect and
@@ -50,11 +51,8 @@ def _install_close_codes() -> None:
     WebSocketProtocol.serverClose = server_close
 
 
-CLOSE_CODES = Patch(
-    name="daphne.close-codes",
-    package="daphne",
-    tested=TESTED,
-    kind=Kind.SAFETY,
+CLOSE_CODES = UPSTREAM.safety(
+    "close-codes",
     changes="WebSocketProtocol.serverClose sends codes sendClose refuses (1009) as a close frame of their own",
     why="a socket closed with 1009 (a client frame over 4 KiB) would crash its consumer and reach the client as 1011",
     install=_install_close_codes,
@@ -66,11 +64,8 @@ def _install_unsent_bound() -> None:
     WebSocketProtocol.max_unsent_bytes = MAX_UNSENT_BYTES
 
 
-UNSENT_BOUND = Patch(
-    name="daphne.unsent-bound",
-    package="daphne",
-    tested=TESTED,
-    kind=Kind.SAFETY,
+UNSENT_BOUND = UPSTREAM.safety(
+    "unsent-bound",
     changes=f"WebSocketProtocol.max_unsent_bytes = {MAX_UNSENT_BYTES}, enforced by the patched Twisted write",
     why="a WebSocket client that stops reading would make daphne buffer every frame sent to it, without limit",
     install=_install_unsent_bound,
@@ -89,11 +84,8 @@ def daphne_protocol(send: Any) -> Any | None:
     return None
 
 
-PROTOCOL_BEHIND_SEND = Patch(
-    name="daphne.protocol-behind-send",
-    package="daphne",
-    tested=TESTED,
-    kind=Kind.SPEED,
+PROTOCOL_BEHIND_SEND = UPSTREAM.speed(
+    "protocol-behind-send",
     changes="a consumer finds daphne's WebSocketProtocol in its send (partial(Server.handle_reply, protocol))",
     why="each frame then goes through daphne's reply handler and autobahn's framing, socket by socket",
 )

@@ -33,11 +33,12 @@ import redis
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
 logger = logging.getLogger(__name__)
 
-TESTED = "~=5.7.0"  # the pinned release series: written against 5.7.0, tested with it
+# The pinned release series: written against 5.7.0, tested with it.
+UPSTREAM = Upstream("kombu", package="kombu", tested="~=5.7.0")
 
 
 def _channel_closed(qos: Any) -> bool:
@@ -81,11 +82,8 @@ def _install_guards() -> None:
     qos.reject = _guard(qos.reject, "reject")  # type: ignore[method-assign]
 
 
-CLOSED_CHANNEL_GUARDS = Patch(
-    name="kombu.closed-channel-guards",
-    package="kombu",
-    tested=TESTED,
-    kind=Kind.SAFETY,
+CLOSED_CHANNEL_GUARDS = UPSTREAM.safety(
+    "closed-channel-guards",
     changes="redis QoS.ack, QoS.reject and QoS.restore_unacked give up quietly on a closed channel",
     why="a worker with tasks running would exit when Redis restarts, taking every running job with it",
     upstream="celery/kombu#582, celery/kombu#970",
@@ -121,11 +119,8 @@ def redis_message_keys(connection: Connection, queues: Sequence[str]) -> RedisMe
     )
 
 
-REDIS_LAYOUT = Patch(
-    name="kombu.redis-layout",
-    package="kombu",
-    tested=TESTED,
-    kind=Kind.SPEED,
+REDIS_LAYOUT = UPSTREAM.speed(
+    "redis-layout",
     changes="the lost-message search reads the Redis transport's priority lists and unacked hash",
     why="the sweeper then cannot tell a lost task message from a waiting one, and lost jobs wait for "
     "visibility_timeout",

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from importlib import metadata
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from packaging.specifiers import SpecifierSet
@@ -38,6 +39,20 @@ def installed_version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+class Upstream:
+    """An upstream package and the release series its patches were written and tested for
+    (declared once per module of core.compat); it makes the module's patches."""
+
+    def __init__(self, key: str, *, package: str, tested: str) -> None:
+        self.key, self.package, self.tested = key, package, tested
+
+    def speed(self, name: str, **details: Any) -> Patch:
+        return Patch(name=f"{self.key}.{name}", package=self.package, tested=self.tested, kind=Kind.SPEED, **details)
+
+    def safety(self, name: str, **details: Any) -> Patch:
+        return Patch(name=f"{self.key}.{name}", package=self.package, tested=self.tested, kind=Kind.SAFETY, **details)
 
 
 class Patch:

@@ -26,11 +26,12 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
 logger = logging.getLogger(__name__)
 
-TESTED = "~=26.10.0"  # the pinned release series: written against 26.10.0, tested with it
+# The pinned release series: written against 26.10.0, tested with it.
+UPSTREAM = Upstream("twisted", package="Twisted", tested="~=26.10.0")
 
 
 def unsent_bytes(connection: Any) -> int:
@@ -79,21 +80,15 @@ def _install_write_through() -> None:
     _write_through = True
 
 
-WRITE_THROUGH = Patch(
-    name="twisted.write-through",
-    package="Twisted",
-    tested=TESTED,
-    kind=Kind.SPEED,
+WRITE_THROUGH = UPSTREAM.speed(
+    "write-through",
     changes="tcp.Connection.write sends at once when nothing is buffered",
     why="each write then waits for the next pass of the reactor: two epoll_ctl calls per socket per frame",
     install=_install_write_through,
 )
 
-UNSENT_BOUND = Patch(
-    name="twisted.unsent-bound",
-    package="Twisted",
-    tested=TESTED,
-    kind=Kind.SAFETY,
+UNSENT_BOUND = UPSTREAM.safety(
+    "unsent-bound",
     changes="tcp.Connection.write aborts a connection whose protocol's max_unsent_bytes is exceeded",
     why="a WebSocket client that stops reading would make daphne buffer every frame sent to it, without limit",
     install=_install_write,

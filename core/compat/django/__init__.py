@@ -17,13 +17,12 @@ its `DatabaseWrapper` (base.py) overrides the private `_start_transaction_under_
 
 from __future__ import annotations
 
-from core.compat.patch import Kind, Patch
+from core.compat.patch import Upstream
 
-SQLITE_WRITERS = Patch(
-    name="django.sqlite-writer-queue",
-    package="Django",
-    tested="~=5.2.0",  # the pinned release series: written against 5.2, tested with 5.2.19
-    kind=Kind.SPEED,
+# The pinned release series: written against 5.2, tested with 5.2.19.
+UPSTREAM = Upstream("django", package="Django", tested="~=5.2.0")
+SQLITE_WRITERS = UPSTREAM.speed(
+    "sqlite-writer-queue",
     changes="the SQLite backend's transactions take a per-process lock before BEGIN IMMEDIATE",
     why="threads of one process then wait for SQLite's lock in its sleeping busy handler",
 )

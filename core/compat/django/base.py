@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django.db.backends.sqlite3 import base
@@ -37,19 +38,17 @@ class DatabaseWrapper(base.DatabaseWrapper):
             _WRITERS.release()
 
     def _commit(self) -> Any:
-        try:
-            return super()._commit()  # type: ignore[misc]
-        finally:
-            self._release_writer_lock()
+        return self._then_release(super()._commit)  # type: ignore[misc]  # private, not in django-stubs
 
     def _rollback(self) -> Any:
-        try:
-            return super()._rollback()  # type: ignore[misc]
-        finally:
-            self._release_writer_lock()
+        return self._then_release(super()._rollback)  # type: ignore[misc]
 
     def _close(self) -> Any:
+        return self._then_release(super()._close)  # type: ignore[misc]
+
+    def _then_release(self, end: Callable[[], Any]) -> Any:
+        """Ends the transaction (or the connection), then lets the next writer in."""
         try:
-            return super()._close()  # type: ignore[misc]
+            return end()
         finally:
             self._release_writer_lock()
