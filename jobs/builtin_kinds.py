@@ -26,7 +26,7 @@ from jobs.contacts import (
     contacts_read,
 )
 from jobs.exceptions import JobError
-from jobs.kinds import FileParam, JobKind, Param, Reporter, register
+from jobs.kinds import FileParam, Param, Reporter, job_kind
 from jobs.models import ImportedContact
 from jobs.steps import Step, Steps
 from jobs.uploads import UploadMissing, upload_job_id, upload_path
@@ -34,7 +34,26 @@ from jobs.uploads import UploadMissing, upload_job_id, upload_path
 # --- sleep -----------------------------------------------------------------------
 
 
+@job_kind(
+    name="sleep",
+    title="Sleep",
+    params=(
+        Param("steps", "Steps", 1, 1000, default=10),
+        Param("step_seconds", "Seconds per step", 0, 5, default=0.5, integer=False),
+        Param(
+            "fail_at_step",
+            "Fail at step",
+            1,
+            1000,
+            required=False,
+            help="Optional: the step at which the job fails on purpose.",
+        ),
+    ),
+    soft_time_limit=5400,  # 1000 steps x 5 s, with room to spare
+)
 def run_sleep(report: Reporter, *, steps: int, step_seconds: float, fail_at_step: int | None = None) -> dict[str, Any]:
+    """Waits step_seconds, steps times, reporting after each step. Set fail_at_step to see
+    how a failing job looks."""
     report(current=0, total=steps, message=f"starting {steps} steps")
     for step in range(1, steps + 1):
         if fail_at_step == step:
@@ -43,30 +62,6 @@ def run_sleep(report: Reporter, *, steps: int, step_seconds: float, fail_at_step
         report(current=step, total=steps, message=f"step {step} of {steps}")
     return {"steps": steps, "seconds": round(steps * step_seconds, 3)}
 
-
-register(
-    JobKind(
-        name="sleep",
-        title="Sleep",
-        description="Waits step_seconds, steps times, reporting after each step. "
-        "Set fail_at_step to see how a failing job looks.",
-        run=run_sleep,
-        params=(
-            Param("steps", "Steps", 1, 1000, default=10),
-            Param("step_seconds", "Seconds per step", 0, 5, default=0.5, integer=False),
-            Param(
-                "fail_at_step",
-                "Fail at step",
-                1,
-                1000,
-                required=False,
-                help="Optional: the step at which the job fails on purpose.",
-            ),
-        ),
-        soft_time_limit=5400,  # 1000 steps x 5 s, with room to spare
-        time_limit=5460,
-    )
-)
 
 # --- primes ----------------------------------------------------------------------
 
@@ -82,8 +77,16 @@ def _base_primes(limit: int) -> list[int]:
     return [n for n in range(2, limit + 1) if sieve[n]]
 
 
+@job_kind(
+    name="primes",
+    title="Count primes",
+    params=(Param("limit", "Below", 2, 50_000_000, default=5_000_000),),
+)
 def run_primes(report: Reporter, *, limit: int) -> dict[str, Any]:
-    """Counts primes below `limit` with a segmented sieve, one report per segment."""
+    """Counts the primes below limit with a segmented sieve.
+
+    Counts primes below `limit` with a segmented sieve, one report per segment.
+    """
     base = _base_primes(math.isqrt(limit) + 1)
     count = 0
     report(current=0, total=limit, message="sieving")
@@ -103,26 +106,23 @@ def run_primes(report: Reporter, *, limit: int) -> dict[str, Any]:
     return {"count": count, "limit": limit}
 
 
-register(
-    JobKind(
-        name="primes",
-        title="Count primes",
-        description="Counts the primes below limit with a segmented sieve.",
-        run=run_primes,
-        params=(Param("limit", "Below", 2, 50_000_000, default=5_000_000),),
-        soft_time_limit=600,
-        time_limit=660,
-    )
-)
-
 # --- report ----------------------------------------------------------------------
 
 REPORT_REGIONS = ("North", "South", "East", "West", "Central")
 REPORT_PRODUCTS = ("Widget", "Gadget", "Gizmo", "Doohickey", "Sprocket", "Flange")
 
 
+@job_kind(
+    name="report",
+    title="Sales report (CSV)",
+    params=(Param("rows", "Rows", 1, 1_000_000, default=100_000),),
+    soft_time_limit=900,
+)
 def run_report(report: Reporter, *, rows: int) -> dict[str, Any]:
-    """Writes `rows` rows of synthetic sales data as a CSV file, the job's result."""
+    """Generates a CSV of synthetic sales data to download.
+
+    Writes `rows` rows of synthetic sales data as a CSV file, the job's result.
+    """
     rng = random.Random(rows)  # the same parameters give the same file
     path = report.result_path("sales-report.csv")
     revenue = 0.0
@@ -152,62 +152,33 @@ def run_report(report: Reporter, *, rows: int) -> dict[str, Any]:
     return {"rows": rows, "revenue": round(revenue, 2), "bytes": path.stat().st_size}
 
 
-register(
-    JobKind(
-        name="report",
-        title="Sales report (CSV)",
-        description="Generates a CSV of synthetic sales data to download.",
-        run=run_report,
-        params=(Param("rows", "Rows", 1, 1_000_000, default=100_000),),
-        soft_time_limit=900,
-        time_limit=960,
-    )
-)
-
-# --- ticker (benchmarks only) ----------------------------------------------------
-
-
-def run_ticker(report: Reporter, *, reports: int, rate_hz: float, phase: float = 0.0) -> dict[str, Any]:
-    """Reports `reports` times at `rate_hz` on a fixed schedule (no drift): the load of
-    the streaming benchmarks. Each frame's `updated_at` is its send time. `phase`
-    shifts the schedule by that fraction of an interval, so jobs started together can
-    tick apart, as independent jobs do."""
-    interval = 1.0 / rate_hz
-    started = time.monotonic() + phase * interval
-    for tick in range(1, reports + 1):
-        delay = started + tick * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        report(current=tick, total=reports, message=f"tick {tick}")
-    return {"reports": reports, "seconds": round(time.monotonic() - started, 3)}
-
-
-def register_bench_kinds() -> None:
-    register(
-        JobKind(
-            name="ticker",
-            title="Ticker (benchmark)",
-            description="Reports progress at a fixed rate; used by bench/.",
-            run=run_ticker,
-            params=(
-                Param("reports", "Reports", 1, 100_000, default=100),
-                Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
-                Param("phase", "Phase (fraction of an interval)", 0, 1, default=0, integer=False),
-            ),
-            soft_time_limit=3600,
-            time_limit=3660,
-        )
-    )
-
-
 # --- csv_import ------------------------------------------------------------------
 
 IMPORT_BATCH = 500  # rows per bulk_create and per progress report: short transactions, a report every few ms
 ERROR_REPORT_NAME = "errors.csv"
 
 
+@job_kind(
+    name="csv_import",
+    title="Import contacts (CSV)",
+    params=(
+        FileParam(
+            "file",
+            "CSV file",
+            max_bytes=5 * 1024 * 1024,
+            max_bytes_setting="CSV_IMPORT_MAX_BYTES",
+            content_types=("text/csv", "application/csv", "application/vnd.ms-excel", "text/plain"),
+            extensions=(".csv",),
+            help="UTF-8, with a header line naming the columns email, name, age.",
+            check=contacts_file_check,
+        ),
+    ),
+)
 def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
-    """Imports the contacts of an uploaded CSV (email, name, age): every valid row is
+    """Imports a CSV of contacts with the columns email, name and age: valid rows are
+    stored, and every problem is listed by line and column in a downloadable error report.
+
+    Imports the contacts of an uploaded CSV (email, name, age): every valid row is
     stored as an ImportedContact of this job, every problem goes to the error report
     (`errors.csv`: line, column, error), the job's result file.
 
@@ -257,30 +228,6 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
     return {"rows": total, "imported": imported, "errors": errors}
 
 
-register(
-    JobKind(
-        name="csv_import",
-        title="Import contacts (CSV)",
-        description="Imports a CSV of contacts with the columns email, name and age: valid rows are stored, "
-        "and every problem is listed by line and column in a downloadable error report.",
-        run=run_csv_import,
-        params=(
-            FileParam(
-                "file",
-                "CSV file",
-                max_bytes=5 * 1024 * 1024,
-                max_bytes_setting="CSV_IMPORT_MAX_BYTES",
-                content_types=("text/csv", "application/csv", "application/vnd.ms-excel", "text/plain"),
-                extensions=(".csv",),
-                help="UTF-8, with a header line naming the columns email, name, age.",
-                check=contacts_file_check,
-            ),
-        ),
-        soft_time_limit=600,
-        time_limit=660,
-    )
-)
-
 # --- pipeline --------------------------------------------------------------------
 
 PIPELINE_STEPS = (("generate", 1), ("transform", 4), ("summarize", 1))  # weights: their share of the time
@@ -303,12 +250,37 @@ def _chunks(count: int) -> list[range]:
     return [range(start, min(start + size, count)) for start in range(0, count, size)]
 
 
+PIPELINE_FAIL_HELP = "Optional: the step (1-3) that fails halfway, to see how a failing step looks."
+
+
+@job_kind(
+    name="pipeline",
+    title="Pipeline (3 steps)",
+    params=(
+        Param("items", "Numbers", 1, 1_000_000, default=50_000),
+        Param("seed", "Seed", 0, 2**31 - 1, default=1, help="The same seed draws the same numbers."),
+        Param(
+            "pause_ms",
+            "Pause per chunk (ms)",
+            0,
+            1000,
+            default=0,
+            help=f"A wait after each of the {PIPELINE_CHUNKS} chunks of every step, to watch the steps go by.",
+        ),
+        Param("fail_at_step", "Fail at step", 1, len(PIPELINE_STEPS), required=False, help=PIPELINE_FAIL_HELP),
+    ),
+    soft_time_limit=600,  # 3 steps x 20 pauses of at most 1 s, and a million walks
+)
 def run_pipeline(
     report: Reporter, *, items: int, seed: int = 1, pause_ms: int = 0, fail_at_step: int | None = None
 ) -> dict[str, Any]:
-    """Three steps over `items` numbers: generate them (seeded), transform each into its
+    """A multi-step job: generates numbers, walks each one's Collatz sequence, and
+    summarizes the walk lengths. The bar covers all three steps and names the one running.
+
+    Three steps over `items` numbers: generate them (seeded), transform each into its
     Collatz walk length, summarize the lengths (result, and a histogram CSV). Each step
-    reports its own progress; `Steps` folds them into one bar that names the step."""
+    reports its own progress; `Steps` folds them into one bar that names the step.
+    """
     steps = Steps(report, PIPELINE_STEPS)
     pause = pause_ms / 1000
 
@@ -348,36 +320,3 @@ def run_pipeline(
         "max_steps": lengths[longest],
         "longest_start": numbers[longest],
     }
-
-
-register(
-    JobKind(
-        name="pipeline",
-        title="Pipeline (3 steps)",
-        description="A multi-step job: generates numbers, walks each one's Collatz sequence, and summarizes the "
-        "walk lengths. The bar covers all three steps and names the one running.",
-        run=run_pipeline,
-        params=(
-            Param("items", "Numbers", 1, 1_000_000, default=50_000),
-            Param("seed", "Seed", 0, 2**31 - 1, default=1, help="The same seed draws the same numbers."),
-            Param(
-                "pause_ms",
-                "Pause per chunk (ms)",
-                0,
-                1000,
-                default=0,
-                help=f"A wait after each of the {PIPELINE_CHUNKS} chunks of every step, to watch the steps go by.",
-            ),
-            Param(
-                "fail_at_step",
-                "Fail at step",
-                1,
-                len(PIPELINE_STEPS),
-                required=False,
-                help="Optional: the step (1-3) that fails halfway, to see how a failing step looks.",
-            ),
-        ),
-        soft_time_limit=600,  # 3 steps x 20 pauses of at most 1 s, and a million walks
-        time_limit=660,
-    )
-)

@@ -8,10 +8,11 @@ and the HTML form (`jobs.forms`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from django import forms
 from django.conf import settings
@@ -273,19 +274,27 @@ AnyParam = Param | FileParam
 
 # --- Kinds -----------------------------------------------------------------------
 
+HARD_LIMIT_GRACE = 60  # seconds from a kind's soft time limit to its hard one: time to end the run and say why
+Run = Callable[..., Mapping[str, Any] | None]
+R = TypeVar("R", bound=Run)
+
 
 @dataclass(frozen=True)
 class JobKind:
     name: str
     title: str
     description: str
-    run: Callable[..., Mapping[str, Any] | None]
+    run: Run
     params: tuple[AnyParam, ...] = ()
-    # Per-kind Celery limits: the soft one raises inside the job (it fails with a
-    # message), the hard one kills it. Both must stay under LONGEST_HARD_TIME_LIMIT.
+    # The kind's Celery time limit: it raises inside the job, which fails saying so; the
+    # hard limit (`time_limit`) kills it HARD_LIMIT_GRACE later. Both stay under
+    # settings.LONGEST_HARD_TIME_LIMIT.
     soft_time_limit: int = 600
-    time_limit: int = 660
     extra_schema: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def time_limit(self) -> int:
+        return self.soft_time_limit + HARD_LIMIT_GRACE
 
     @property
     def file_params(self) -> tuple[FileParam, ...]:
@@ -350,6 +359,24 @@ def register(kind: JobKind) -> JobKind:
         raise ValueError(f"Job kind {kind.name!r} is registered twice.")
     _REGISTRY[kind.name] = kind
     return kind
+
+
+def job_kind(**declaration: Any) -> Callable[[R], R]:
+    """Registers the function it decorates as a job kind: `@job_kind(name=..., title=...,
+    params=(...))` above `def run_x(report, *, ...)`. The first paragraph of the function's
+    docstring is the kind's description for users (the form, /api/job-kinds/)."""
+
+    def registered(run: R) -> R:
+        register(JobKind(run=run, description=description_of(run), **declaration))
+        return run
+
+    return registered
+
+
+def description_of(run: Run) -> str:
+    """The first paragraph of a function's docstring, on one line."""
+    paragraph = inspect.cleandoc(run.__doc__ or "").split("\n\n")[0]
+    return " ".join(paragraph.split())
 
 
 def kind_get(name: object) -> JobKind:
