@@ -1,4 +1,4 @@
-"""jobstream's ASGI application with the lockstep benchmark kind registered (bench/lockstep.py)."""
+"""jobstream's ASGI application with the benchmarks' job kinds registered (bench/kinds.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,6 @@ from importlib import import_module
 
 from core.asgi import application
 
-import_module("bench.lockstep")  # registers the kind; only once core.asgi has set Django up
+import_module("bench.kinds")  # registers the kinds; only once core.asgi has set Django up
 
 __all__ = ["application"]

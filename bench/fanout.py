@@ -14,10 +14,10 @@ processes (bench/ws_clients.py) so the client is not what is measured.
 Load shapes:
   spread    (default) `ticker` jobs, job i's ticks i/jobs of an interval after job 0's,
             as independent jobs tick
-  lockstep  (--aligned) `lockstep_ticker` jobs (bench/lockstep.py): every job ticks on
+  lockstep  (--aligned) `lockstep_ticker` jobs (bench/kinds.py): every job ticks on
             the clock's grid, at the same instant, as a batch of identical jobs does;
-            daphne runs bench.lockstep_asgi (the same application, with that kind)
-            and the worker imports bench.lockstep. (`ticker` jobs of one phase do not
+            daphne runs bench.asgi (the same application, with the benchmarks' kinds)
+            and the worker imports bench.kinds. (`ticker` jobs of one phase do not
             tick together: each counts from its own start, and 100 starts take 0.7-0.9 s.)
 
 Modes:
@@ -108,12 +108,10 @@ SUBMIT_THREADS = 16  # concurrent POST /api/jobs/ while submitting
 SAMPLE_SECONDS = 0.25  # how often CPU/RSS are sampled and the clients polled
 API_PAGE_SIZE = 100  # the API's largest page
 DEFAULT_OUT = ROOT / "bench" / "results" / "fanout.json"
-DEFAULT_ASGI = "core.asgi:application"
-LOCKSTEP_ASGI = "bench.lockstep_asgi:application"  # the same application, with the lockstep kind registered
-LOCKSTEP_KIND = "lockstep_ticker"  # bench/lockstep.py; not imported here: it needs Django set up
+BENCH_ASGI = "bench.asgi:application"  # the same application, with the benchmarks' kinds registered
+LOCKSTEP_KIND = "lockstep_ticker"  # bench/kinds.py; not imported here: it needs Django set up
 
 BASE_ENV = {
-    "JOBSTREAM_BENCH_KINDS": "true",  # registers the `ticker` kind
     "PROGRESS_MAX_RATE": "1000",  # above every tick rate: each tick is a frame
 }
 MODES: dict[str, dict[str, str]] = {
@@ -286,7 +284,7 @@ def _submit_all(
 ) -> list[str]:
     """Job i ticks i/count of an interval after job 0 (independent jobs do not tick
     in step), or, with `aligned`, every job on the clock's grid, at the same instant
-    (the burst case, bench/lockstep.py)."""
+    (the burst case, bench/kinds.py)."""
 
     def one(index: int) -> str:
         if aligned:
@@ -305,7 +303,8 @@ def _start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
         [
             celery, "-A", "celery_app", "worker", "-n", "bench0@%h",
             "-P", "threads", "-c", str(concurrency), "-E", "-l", "WARNING",
-            *(["--include", "bench.lockstep"] if aligned else []),
+            "--include",
+            "bench.kinds",
         ],
     )  # fmt: skip
 
@@ -319,7 +318,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     clients: list[ClientProcess] = []
     stop = new_stop_event()
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
-    with Stack(env=env, workers=0, daphnes=1, asgi=LOCKSTEP_ASGI if aligned else DEFAULT_ASGI) as stack:
+    with Stack(env=env, workers=0, daphnes=1, asgi=BENCH_ASGI) as stack:
         try:
             client_count = _client_count(scenario.watchers)
             clients = [ClientProcess(stop) for _ in range(client_count)]

@@ -1,4 +1,11 @@
-"""The lockstep load of bench/fanout.py (`--aligned`): jobs that tick at the same instant.
+"""The job kinds of the benchmarks: `ticker` and `lockstep_ticker` (bench/fanout.py).
+
+`ticker` reports `reports` times at `rate_hz` on a schedule of its own (no drift), counted
+from its job's start and shifted by `phase` (a fraction of an interval), so jobs started
+together can tick apart, as independent jobs do: the spread load. Each frame's
+`updated_at` is its send time.
+
+The lockstep load (`--aligned`): jobs that tick at the same instant.
 
 The `ticker` kind keeps a schedule of its own, counted from its job's start, so jobs
 submitted together and given the same phase still tick apart: one worker starts 100
@@ -8,9 +15,9 @@ the machine's clock grid instead (every multiple of the interval since the epoch
 whenever its job started, so every running job reports at the same instant: the burst
 a batch of identical jobs driven by one clock makes.
 
-The kind is registered in the processes that need it by importing this module: the
-worker with `celery ... worker --include bench.lockstep`, daphne through
-`bench.lockstep_asgi:application`.
+The kinds are registered in the processes that need them by importing this module: the
+worker with `celery ... worker --include bench.kinds`, daphne through
+`bench.asgi:application`, the in-process benchmarks by importing it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,20 @@ from typing import Any
 
 from jobs.kinds import JobKind, Param, Reporter, register
 
+TICKER = "ticker"
 KIND = "lockstep_ticker"
+
+
+def run_ticker(report: Reporter, *, reports: int, rate_hz: float, phase: float = 0.0) -> dict[str, Any]:
+    """Reports `reports` times at `rate_hz`, `phase` of an interval after the job's start."""
+    interval = 1.0 / rate_hz
+    started = time.monotonic() + phase * interval
+    for tick in range(1, reports + 1):
+        delay = started + tick * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        report(current=tick, total=reports, message=f"tick {tick}")
+    return {"reports": reports, "seconds": round(time.monotonic() - started, 3)}
 
 
 def run_lockstep_ticker(report: Reporter, *, reports: int, rate_hz: float) -> dict[str, Any]:
@@ -48,6 +68,21 @@ register(
             Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
         ),
         soft_time_limit=3600,
-        time_limit=3660,
+    )
+)
+
+
+register(
+    JobKind(
+        name=TICKER,
+        title="Ticker (benchmark)",
+        description="Reports progress at a fixed rate; used by bench/.",
+        run=run_ticker,
+        params=(
+            Param("reports", "Reports", 1, 100_000, default=100),
+            Param("rate_hz", "Reports per second", 0.1, 1000, default=10, integer=False),
+            Param("phase", "Phase (fraction of an interval)", 0, 1, default=0, integer=False),
+        ),
+        soft_time_limit=3600,
     )
 )

@@ -40,22 +40,18 @@ VARIANTS = ("full", "no-send", "no-emit")
 
 
 def measure(variant: str, threads: int, rate: float, seconds: float) -> dict[str, Any]:
-    from jobs.builtin_kinds import register_bench_kinds, run_ticker
-    from jobs.kinds import Reporter, UnknownKind, kind_get
+    from bench.kinds import TICKER, run_ticker  # registers the benchmarks' kinds
+    from jobs.kinds import Reporter
     from jobs.owners import Owner
     from jobs.progress import Progress
     from jobs.services import RunningJob, job_create, job_start
     from notifications.publish import publisher
 
-    try:
-        kind_get("ticker")
-    except UnknownKind:
-        register_bench_kinds()
     owner = Owner(token="b" * 32)
     reports = max(1, round(rate * seconds))
     runs = []
     for _ in range(threads):
-        job = job_create(owner=owner, kind="ticker", params={"reports": reports, "rate_hz": rate})
+        job = job_create(owner=owner, kind=TICKER, params={"reports": reports, "rate_hz": rate})
         started = job_start(job_id=job.id, task_id=f"bench-{job.id}")
         assert started is not None
         runs.append(RunningJob(started))

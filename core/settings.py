@@ -268,7 +268,6 @@ PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s
 # else the dotted path of a `send(groups, message)` callable (the benchmarks' baseline,
 # bench/naive_publisher.py).
 JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "")
-JOBSTREAM_BENCH_KINDS = env_bool("JOBSTREAM_BENCH_KINDS", False)  # registers the `ticker` kind
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.conf import settings
 
 
 class JobsConfig(AppConfig):
@@ -11,6 +10,3 @@ class JobsConfig(AppConfig):
     def ready(self) -> None:
         # Here, not at the top: they need the models loaded, which they are once ready() runs.
         from jobs import builtin_kinds, owners  # noqa: F401  (registers kinds and signals)
-
-        if settings.JOBSTREAM_BENCH_KINDS:
-            builtin_kinds.register_bench_kinds()
