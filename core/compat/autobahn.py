@@ -4,10 +4,10 @@
   `hlval`: names and values coloured through click) before it calls `log.debug`, for
   every frame sent and every connect, read and close, debug logging on or off. The
   modules daphne uses get plain ones: the same names uncoloured, and a value label that
-  is the value itself, rendered only by a log line that is written (formatting a
-  Twisted `Failure` on every closed connection was a sixth of `connectionLost`).
+  is the value itself, rendered only by a log line that is written (the stock label
+  formats a Twisted `Failure` for every closed connection).
 - Framed once (speed). A job frame goes to every socket watching the job as the same
-  text; through autobahn each socket paid `sendMessage`, `sendFrame` and `sendData`
+  text; through autobahn each socket pays `sendMessage`, `sendFrame` and `sendData`
   (type checks, encoding, header, counters). `FrameCache` frames the text once per
   message (RFC 6455) and `write_frame` writes the bytes to the socket's transport
   itself, when autobahn would do nothing more: the connection open, no message half

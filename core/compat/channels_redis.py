@@ -12,7 +12,7 @@ pages heal from their own re-reads, docs/architecture.md "Streams that heal"):
 - Direct delivery (`deliver_directly`): a socket that has sent its snapshot takes job
   frames straight from the subscriber task, which awaits each member's push in turn,
   instead of waking one consumer task per socket per frame through Channels' dispatch
-  loop (a new task and an `asyncio.wait` per message: most of daphne's cost per frame).
+  loop (a queue put, a new task and an `asyncio.wait` per message, for every socket).
 - The subscriber drains every message already buffered before it yields, retries a lost
   Redis every RECONNECT_DELAY_MAX at most (logged once, not a traceback a second), and
   after redis-py re-subscribed on a new connection asks every direct socket to re-read
@@ -323,7 +323,7 @@ class JobStreamShardConnection(RedisSingleShardConnection):
 
     async def _do_receiving(self) -> None:
         # As the stock loop, but it takes every message already buffered before it yields
-        # (one message per pass of a busy event loop let a backlog build up in Redis's
+        # (one message per pass of a busy event loop lets a backlog build up in Redis's
         # output buffer), it hands job frames to direct sockets itself, and a lost Redis is
         # retried every RECONNECT_DELAY_MAX at most and logged once.
         delay = RECONNECT_DELAY_FIRST
@@ -420,8 +420,8 @@ class JobStreamLoopLayer(RedisPubSubLoopLayer):
         """As `new_channel`, for a channel that only this process feeds (a socket's own,
         which frames reach through its groups' subscriptions): a queue here and no Redis
         subscription, so no SUBSCRIBE when a socket opens and no UNSUBSCRIBE when it
-        closes, round trips that queued up in front of other jobs' frames when many
-        sockets closed together."""
+        closes, round trips that would queue up in front of other jobs' frames when many
+        sockets close together."""
         channel = f"{self.prefix}{prefix}{uuid.uuid4().hex}"  # RedisPubSubLoopLayer.new_channel's names
         self.channels[channel] = LatestWinsQueue()
         return channel

@@ -1,9 +1,10 @@
 """daphne: close code 1009, a bound on each WebSocket's unsent bytes, and its protocol behind `send`.
 
 - Close code 1009 (safety: the contract). A client frame over 4 KiB closes with 1009,
-  RFC 6455's "message too big" (docs/contract.md). daphne hands an application's close
-  to autobahn's `sendClose`, which takes only 1000 and 3000-4999 from an application and
-  raises on anything else: the consumer died with a traceback and the client saw 1011.
+  RFC 6455's "message too big" (docs/contract.md#close-codes). daphne hands an
+  application's close to autobahn's `sendClose`, which takes only 1000 and 3000-4999 from
+  an application and raises on anything else: the consumer would die with a traceback
+  and the client see 1011.
   `serverClose` sends the codes `sendClose` refuses as autobahn does when it fails a
   connection itself (a close frame, at once); 1000 and 3000-4999 keep daphne's path.
 - The unsent bound (safety). daphne's WebSocketProtocol carries `max_unsent_bytes`, which

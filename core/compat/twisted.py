@@ -6,12 +6,12 @@ with `write` below, which reads the buffer state of Twisted's `FileDescriptor`
 
 - Write-through (speed). Twisted never sends inside `write()`: it buffers the bytes,
   registers the socket for writability (an `epoll_ctl`), sends on the next pass of the
-  loop and unregisters (a second `epoll_ctl`). A frame fanned out to N sockets paid
+  loop and unregisters (a second `epoll_ctl`). A frame fanned out to N sockets pays
   that round N times. `write()` sends at once when nothing is buffered; what the kernel
   does not take goes down Twisted's buffered path, so the order is kept.
 - The unsent-bytes bound (safety). Twisted buffers whatever the kernel does not take,
   and daphne has no back-pressure to the application, so a WebSocket client that stops
-  reading made daphne hold every frame sent to it since. A connection whose protocol
+  reading would make daphne hold every frame sent to it since. A connection whose protocol
   has `max_unsent_bytes` (daphne's WebSocketProtocol, core/compat/daphne.py) is
   aborted once that many bytes wait; the client reconnects to a fresh snapshot.
 

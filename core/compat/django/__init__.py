@@ -1,10 +1,10 @@
 """Django: SQLite's write transactions of one process queue in Python, not in SQLite (speed).
 
 SQLite has one writer at a time. A connection that finds the write lock taken waits in
-SQLite's busy handler, which sleeps in growing steps (1, 2, 5, 10 ... 100 ms) and looks
-again: with many threads of one process writing (a worker running 100 jobs, each
-starting, persisting its progress and ending), most of the waiting was sleep while the
-lock was free. So a transaction (`atomic()`, started with `BEGIN IMMEDIATE`) first takes
+SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and looks again:
+with many threads of one process writing (a worker running 100 jobs, each starting,
+persisting its progress and ending), most of that waiting is sleep while the lock is
+already free. So a transaction (`atomic()`, started with `BEGIN IMMEDIATE`) first takes
 a lock of this process, handed from thread to thread as soon as it is free; SQLite's busy
 handler is left with waits between processes. A thread that cannot have it within the
 database's `timeout` fails as SQLite would ("database is locked"). Statements outside
