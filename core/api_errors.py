@@ -1,4 +1,4 @@
-"""The one shape of every API error: `{"errors": {"<field>": ["<message>"]}}` (DESIGN.md)."""
+"""The one shape of every API error: `{"errors": {"<field>": ["<message>"]}}` (docs/contract.md#errors)."""
 
 from __future__ import annotations
 

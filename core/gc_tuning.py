@@ -1,16 +1,14 @@
 """Garbage-collector settings for the long-running processes (daphne, Celery workers).
 
 CPython's cyclic collector stops the whole process while it walks the objects it
-tracks; a full (generation 2) walk visits every one. In daphne, under
-bench/fanout.py's 1000 watchers, the walks were the latency spikes: with the default
-thresholds, young collections of 5-20 ms several times a second and full ones of
-136-585 ms mid-stream (logged through `gc.callbacks`), each leaving a backlog that
-the frames behind it waited out. Two changes, measured the same way:
+tracks, and a full (generation 2) walk visits every one: in daphne each walk is a pause
+that the frames behind it wait out (docs/performance.md, "Fewer and shorter collector
+pauses", has the figures). Two changes:
 
-- `gc.freeze()` once the application is built: the ~105,000 objects of the imported
-  code (Django, Channels, Twisted, the apps' modules) go to the permanent generation
-  and are never walked again. A full collection of them alone took 72 ms here. They
-  live as long as the process does, so no garbage is kept by it.
+- `gc.freeze()` once the application is built: the objects of the imported code
+  (Django, Channels, Twisted, the apps' modules), most of what a full walk visits, go to
+  the permanent generation and are never walked again. They live as long as the process
+  does, so no garbage is kept by it.
 - A young-generation threshold of 10,000 instead of 700: a frame's dicts and bytes
   die by reference counting long before a collection sees them, so fewer in-flight
   objects are promoted to the old generations, whose growth is what triggers full

@@ -99,8 +99,7 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
         # 0: under ASGI, Django runs each request's sync code in a thread of its own, so
-        # a connection kept past the request is never reused, only leaked (PostgreSQL
-        # ran out of connections in bench/submit_throughput.py with 60).
+        # a connection kept past the request is never reused, only leaked.
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
         conn_health_checks=True,
     )
@@ -148,7 +147,7 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media")))
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "/media/"  # never served directly: results go through the owner check
-DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # a job request is small; DESIGN.md caps JSON at 64 KiB
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # a job request is small; docs/contract.md#errors: 413 past 64 KiB
 # The largest CSV a csv_import job takes (jobs/builtin_kinds.py): the web process reads
 # an upload whole to check it before a job exists, so this bounds that memory too.
 CSV_IMPORT_MAX_BYTES = env_int("CSV_IMPORT_MAX_BYTES", 5 * 1024 * 1024)
@@ -201,11 +200,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 3,
 }
 CELERY_RESULT_EXPIRES = 24 * 60 * 60
-# One result backend per worker process, not one per thread: Celery builds a backend in
-# each thread of the `threads` pool on its first task (a Redis client and a package
-# metadata lookup, about 1 ms of CPU). With 100 jobs ending together in one worker that
-# was a fifth of the worker's GIL time while the jobs ended. redis-py's client is
-# thread-safe.
+# One result backend per worker process, not one per thread: Celery otherwise builds one
+# in each thread of the `threads` pool on its first task (a Redis client and a package
+# metadata lookup), all in the second in which many jobs end together, while others still
+# tick (docs/performance.md, "What a job's end costs"). redis-py's client is thread-safe.
 CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
