@@ -1,4 +1,4 @@
-"""The JSON API of DESIGN.md, on django-ninja: typed schemas give the OpenAPI document.
+"""The JSON API (docs/contract.md#http), on django-ninja: typed schemas give the OpenAPI document.
 
 Every error answers `{"errors": {"<field>": ["<message>"]}}` naming what was wrong.
 Session auth applies CSRF to every unsafe request, anonymous visitors included

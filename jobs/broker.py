@@ -22,12 +22,11 @@ from kombu import Connection
 
 from core.compat import kombu as kombu_compat
 
-# A Celery message is about 1 KB: one round trip of SCAN_CHUNK is about 0.5 MB.
-SCAN_CHUNK = 500
-# The most messages a queue and the unacknowledged hash may hold together for a search
-# (a search reads each once, about 20 MB; parsing is 5 µs a message, measured, so
-# 0.1 s). A broker holding more is not searched: a backlog that long is a busy broker,
-# not a lost one, and its lost messages are found once it is shorter.
+SCAN_CHUNK = 500  # messages per round trip: a reply of bounded size, and few round trips
+# The most messages a queue and the unacknowledged hash may hold together for a search,
+# which reads and parses every one: this bounds its time and memory. A broker holding more
+# is not searched: a backlog that long is a busy broker, not a lost one, and its lost
+# messages are found once it is shorter (docs/architecture.md has the figures).
 SCAN_LIMIT = 20_000
 # Searches in a row that must miss a message before it counts as lost: one search
 # when every message is found (the usual case), two when one seems lost.

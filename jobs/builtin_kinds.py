@@ -1,7 +1,8 @@
 """The job kinds jobstream ships: sleep, primes, report, csv_import, pipeline.
 
-Each is a plain function of a reporter and keyword parameters; `register` declares
-its parameters once (see jobs/kinds.py).
+Each is a plain function of a reporter and keyword parameters; `@job_kind` declares
+its parameters once, and its docstring's first paragraph is what users read (see
+jobs/kinds.py).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def run_sleep(report: Reporter, *, steps: int, step_seconds: float, fail_at_step
 
 # --- primes ----------------------------------------------------------------------
 
-PRIMES_SEGMENT = 1_000_000  # numbers per sieve segment: about 1 MB of memory, ~20 ms each
+PRIMES_SEGMENT = 1_000_000  # numbers per sieve segment, and one report each: a bytearray of 1 MB
 
 
 def _base_primes(limit: int) -> list[int]:
@@ -154,7 +155,7 @@ def run_report(report: Reporter, *, rows: int) -> dict[str, Any]:
 
 # --- csv_import ------------------------------------------------------------------
 
-IMPORT_BATCH = 500  # rows per bulk_create and per progress report: short transactions, a report every few ms
+IMPORT_BATCH = 500  # rows per bulk_create and per progress report: short transactions, frequent reports
 ERROR_REPORT_NAME = "errors.csv"
 
 

@@ -2,7 +2,7 @@
 
 It coalesces: at most PROGRESS_MAX_RATE frames per second per job leave it. The first
 call goes out at once; a call inside the interval only records the newest values
-(a few attribute writes, well under a microsecond) and the next call past the
+(a few attribute writes and a clock read) and the next call past the
 interval sends them; `flush()` sends what is left before the job's terminal state,
 so the last progress is never lost. `rate` and `eta_seconds` come from the frames sent
 over the last RATE_WINDOW seconds.
@@ -82,8 +82,8 @@ class Progress:
         """What a kind is handed: a plain function doing what `__call__` does.
 
         On CPython 3.11 calling an instance with keywords goes through the type's
-        `__call__` slot and costs about twice a plain function call; the coalesced
-        path is most of what a tight loop pays, so kinds get the function.
+        `__call__` slot, dearer than a plain function call, and a coalesced report is
+        little more than its call, so kinds get the function.
         """
         clock = self._clock
 

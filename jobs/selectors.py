@@ -9,7 +9,7 @@ from django.db.models import Count, QuerySet
 from jobs.models import Job, JobState
 from jobs.owners import Owner
 
-OWNER_SNAPSHOT_SIZE = 20  # DESIGN.md: the owner socket's snapshot holds at least the last 20 jobs
+OWNER_SNAPSHOT_SIZE = 20  # docs/contract.md#websocket: the owner socket's snapshot holds the last 20 jobs
 
 
 def parse_job_id(value: object) -> uuid.UUID | None:

@@ -1,8 +1,8 @@
 """The job JSON, declared once: every API body, page, stream frame and the CLI use it.
 
-`JobPayload` is the contract's job state (docs/ and the OpenAPI document describe it
-to users); `job_payload` turns a Job into it. The API's response schema is this
-declaration (jobs/api.py), the stream frames wrap it (`job_frame_text`,
+`JobPayload` is the contract's job state (docs/contract.md#job-state and the OpenAPI
+document describe it to users); `job_payload` turns a Job into it. The API's response
+schema is this declaration (jobs/api.py), the stream frames wrap it (`job_frame_text`,
 `snapshot_frame_text`), `JOB_KEYS` is derived from it, and the running frames a worker
 sends at every report (`RunningFrames`) are built from a `job_payload` taken once at
 the job's start.
