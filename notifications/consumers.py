@@ -5,7 +5,7 @@ Each socket follows its jobs through the follow seam (notifications/follow.py): 
 joined before the snapshot is read, only frames newer than what it showed, and a fresh
 read after the layer was away from Redis. Frames are pushed to the socket by the layer's
 subscriber and written to daphne's socket framed once per process (core/compat). The
-contract of the frames and close codes is docs/contract.md.
+contract of the frames and close codes: docs/contract.md#websocket and #close-codes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from notifications.quotas import socket_slot_acquire, socket_slot_release
 logger = logging.getLogger(__name__)
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
 
-MAX_FRAME_BYTES = 4096  # DESIGN.md: a client frame over 4 KiB closes with 1009
+MAX_FRAME_BYTES = 4096  # docs/contract.md#close-codes: a client frame over 4 KiB closes with 1009
 FLOOD_BURST = 20  # client frames allowed at once ...
 FLOOD_RATE = 5.0  # ... refilled per second; past that the socket closes with 4429
 
@@ -46,7 +46,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
-CLOSE_OVER_QUOTA = 4429  # DESIGN.md: a socket over the owner's quota (notifications/quotas.py)
+CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/quotas.py)
 
 
 class JobStreamConsumer(FastPathConsumer):
@@ -226,8 +226,8 @@ class OwnerJobsConsumer(JobStreamConsumer):
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):
     """Any other socket path (`/ws/jobs/x/y/`, an id over 100 characters, `/ws/nothing/`):
-    accepted, then closed 4404 like an unknown job. Unrouted, it failed the handshake with
-    a 500 and a traceback in the log."""
+    accepted, then closed 4404 like an unknown job. Unrouted, such a path would fail the
+    handshake with a 500 and a traceback in the log."""
 
     async def connect(self) -> None:
         await self.accept()

@@ -1,10 +1,11 @@
 """The sockets' database thread: one per process, with a connection it keeps.
 
 Each WebSocket handshake reads the session, maybe the user, and the snapshot. Through
-Channels' `database_sync_to_async` that was two thread hops, and with
-`DATABASE_CONN_MAX_AGE=0` (which HTTP needs under ASGI: every request runs in a
-thread of its own, and kept connections leaked until PostgreSQL refused new ones)
-each hop opened and closed a database connection: most of daphne's CPU per handshake.
+Channels' `database_sync_to_async` each read is a thread hop, and with
+`DATABASE_CONN_MAX_AGE=0` (which HTTP needs under ASGI: every request runs in a thread
+of its own, so a kept connection is never reused, only leaked) each hop opens and closes
+a database connection, which costs daphne more than the reads themselves
+(docs/performance.md, "One database thread for sockets").
 
 Socket code runs its database work here instead: one thread for the process's
 lifetime, whose connection stays open. Nothing closes it behind our back: Django closes

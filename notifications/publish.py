@@ -190,8 +190,8 @@ class Publisher:
     def send_job_frame(self, groups: list[str], message: LayerJobMessage) -> None:
         """Sends a frame; the frames of one caller leave in the order of its calls.
 
-        Handing every frame to a thread cost a thread wake-up per frame, so the caller
-        writes it itself while it can (docs/architecture.md, "Publishing")."""
+        A thread wake-up per frame costs more than the write itself, so the caller writes
+        it while it can (docs/performance.md, "Long-lived publishers")."""
         if not self._sender_started:
             self._start_sender()
         layer = layer_compat.fast_layer(self._channel_layer())

@@ -1,7 +1,7 @@
 """Server-Sent Events at `/api/jobs/<id>/events/`: the fallback when WebSockets fail.
 
 `id: <seq>`, `event: job`, `data: <job JSON>`; honours `Last-Event-ID`; ends after the
-terminal state (docs/contract.md). A transport on the follow seam (notifications/follow.py),
+terminal state (docs/contract.md#server-sent-events). A transport on the follow seam (notifications/follow.py),
 like the sockets: the job's group is joined before its state is read, only newer changes
 go out, and the stream reads the job again only after the layer was away from Redis.
 """
