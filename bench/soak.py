@@ -122,7 +122,7 @@ async def watch_job(ws_url: str, origin: str, cookie: str, watch: Watch, stop: a
                         continue
                     job = frame["job"]
                     if job["seq"] <= watch.last_seq:
-                        continue  # older than what is shown: the client rule of DESIGN.md
+                        continue  # older than what is shown: the client rule of docs/contract.md#job-state
                     watch.last_seq, watch.last_state = job["seq"], job["state"]
         except (ConnectionClosed, OSError, TimeoutError):
             pass

@@ -1,4 +1,4 @@
-"""docker-compose.yml and the Dockerfile hold the promises DESIGN.md makes about them.
+"""docker-compose.yml and the Dockerfile hold the promises docs/deploy.md#docker-compose makes about them.
 
 Plain parsing, no Docker engine: the file is read with PyYAML (anchors and merge keys
 resolved as Compose resolves them). A Compose client, when installed, validates the file

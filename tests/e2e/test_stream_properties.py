@@ -1,4 +1,4 @@
-"""Property-style tests of DESIGN.md's seq rule, against the live daphne and the real Redis.
+"""Property-style tests of the seq rule (docs/contract.md#job-state), against the live daphne and the real Redis.
 
 Each scenario is one seeded random interleaving of job changes, sockets connecting at
 random times, and sockets closing and reconnecting at random times. The changes come
@@ -13,7 +13,7 @@ What every scenario checks, for every socket:
   or goes back on a socket);
 - a given seq always carries the same job, whichever connection carried it, so a client
   that drops a frame by its seq drops only a state it has seen or an older one;
-- a client applying DESIGN.md's rule (show a frame only when its seq is above the highest
+- a client applying the contract's rule (show a frame only when its seq is above the highest
   shown) never shows an older state after a newer one, across reconnects: its states
   never go back in the lifecycle and its progress never goes back;
 - every socket ends on the job's terminal state with the job's final seq, the same job
@@ -105,7 +105,7 @@ class Watcher:
         return self.connections[-1] if self.connections and self.connections[-1].open else None
 
     def apply(self, job: dict[str, Any]) -> None:
-        """DESIGN.md: keep the highest seq shown; drop any frame whose seq is not above it."""
+        """docs/contract.md#job-state: keep the highest seq shown; drop any frame whose seq is not above it."""
         before = self.shown.get(job["id"])
         if before is not None and job["seq"] <= before["seq"]:
             return

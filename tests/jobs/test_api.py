@@ -1,4 +1,4 @@
-"""The JSON API of DESIGN.md through Django's test client: validation, CSRF, ownership,
+"""The JSON API (docs/contract.md#http) through Django's test client: validation, CSRF, ownership,
 pagination, the kinds and OpenAPI documents, cancel, and real jobs under a real worker."""
 
 from __future__ import annotations

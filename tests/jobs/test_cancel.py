@@ -1,7 +1,8 @@
-"""Cancel, every way DESIGN.md offers it, against real processes: the API, a `cancel` frame
-on the job socket, a `cancel` frame with the id on the owner socket, and the page's
-button; a queued job never starts; a running job that reports once a second ends
-`cancelled` within 2 s; a finished job answers 409 or an error frame.
+"""Cancel, every way docs/contract.md#http and #websocket offer it, against real
+processes: the API, a `cancel` frame on the job socket, a `cancel` frame with the id on
+the owner socket, and the page's button; a queued job never starts; a running job that
+reports once a second ends `cancelled` within 2 s; a finished job answers 409 or an error
+frame.
 
 Sync on purpose (httpx, websockets' sync client): the module also drives a browser,
 whose sync Playwright loop would keep async tests of the same module from starting.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CANCEL_WITHIN = 2.0  # seconds, DESIGN.md / issue 5: for kinds that report at least once a second
+CANCEL_WITHIN = 2.0  # seconds, for kinds that report at least once a second (docs/job-kinds.md#cancellation)
 START_TIMEOUT = 30.0  # seconds for a job to start: it may queue behind another test's job on the solo worker
 FRAME_TIMEOUT = 10.0  # seconds for the next frame
 TASK_TIMEOUT = 15.0  # seconds for the worker to take a task off the broker
