@@ -29,11 +29,11 @@ from jobs.owners import Owner, owner_from_scope
 from jobs.selectors import job_get_visible, job_queue_position, parse_job_id
 from jobs.serializers import JobFrame, JobPayload, error_frame_text, job_frame_text, job_payload, snapshot_frame_text
 from jobs.services import job_cancel
-from notifications.db import socket_db
 from notifications.follow import Follow, owner_follow, read_active_jobs, read_job, read_owner_jobs, staff_follow
 from notifications.groups import job_group
 from notifications.messages import LayerJobMessage
 from notifications.quotas import socket_slot_acquire, socket_slot_release
+from notifications.socket_db import socket_db
 
 logger = logging.getLogger(__name__)
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process

@@ -36,9 +36,9 @@ from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import job_count_by_state, job_list_active, job_list_recent_for_owner, job_queue_position
 from jobs.serializers import JobPayload, job_frame_text, job_payload
-from notifications.db import socket_db
 from notifications.groups import job_group, owner_group, staff_group
 from notifications.messages import LayerJobMessage
+from notifications.socket_db import socket_db
 
 T = TypeVar("T")
 Sink = Callable[[LayerJobMessage], Awaitable[None]]

@@ -72,10 +72,10 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
 
 @pytest.fixture(scope="session", autouse=True)
 def _close_socket_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
-    """The sockets' database thread keeps its connection (notifications/db.py); it is
+    """The sockets' database thread keeps its connection (notifications/socket_db.py); it is
     closed before the test database is dropped, which PostgreSQL refuses while in use."""
     yield
-    from notifications.db import close_connections
+    from notifications.socket_db import close_connections
 
     close_connections()
     with django_db_blocker.unblock():

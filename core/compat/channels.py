@@ -11,8 +11,8 @@ the patch is active (stock Channels behaviour otherwise):
 - No database hop per message (`dispatch`, `websocket_disconnect`): Channels 4.2+ runs
   `aclose_old_connections()` in a worker thread before every handler and again on
   disconnect. A job frame never touches the database, and consumers that do use
-  `database_sync_to_async` or the sockets' own database thread (notifications/db.py),
-  which look after connections themselves. When many sockets close together, those
+  `database_sync_to_async` or the sockets' own database thread
+  (notifications/socket_db.py), which look after connections themselves. When many sockets close together, those
   thread hops queue up in front of other jobs' frames.
 - No session wrapper after the handshake (`send_past_session_middleware`): Channels'
   `InstanceSessionWrapper.send` saves the session only with `websocket.accept` (and HTTP
