@@ -272,7 +272,7 @@ JOB_LIST_PAGE_SIZE = 20
 # --- Quotas and retention --------------------------------------------------------
 # Per owner: a signed-in user, or an anonymous session (jobs/owners.py). 0 turns a quota
 # off; staff are exempt. Job quotas: jobs/quotas.py; the socket quota:
-# notifications/quotas.py.
+# notifications/socket_quota.py.
 
 
 def env_count(name: str, default: int) -> int:

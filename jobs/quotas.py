@@ -7,7 +7,7 @@ SQLite's IMMEDIATE transactions are serialized, and on PostgreSQL a transaction-
 advisory lock per owner serializes that owner's submissions. A limit of 0 turns a quota
 off; staff are exempt from both (they run maintenance jobs and see everyone's).
 
-The socket quota lives in notifications/quotas.py (it is counted in Redis).
+The socket quota lives in notifications/socket_quota.py (it is counted in Redis).
 """
 
 from __future__ import annotations

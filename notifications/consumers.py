@@ -32,8 +32,8 @@ from jobs.services import job_cancel
 from notifications.follow import Follow, owner_follow, read_active_jobs, read_job, read_owner_jobs, staff_follow
 from notifications.groups import job_group
 from notifications.messages import LayerJobMessage
-from notifications.quotas import socket_slot_acquire, socket_slot_release
 from notifications.socket_db import socket_db
+from notifications.socket_quota import socket_slot_acquire, socket_slot_release
 
 logger = logging.getLogger(__name__)
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
@@ -46,7 +46,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
-CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/quotas.py)
+CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/socket_quota.py)
 
 
 class JobStreamConsumer(FastPathConsumer):

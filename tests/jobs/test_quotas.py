@@ -30,9 +30,9 @@ from jobs.models import Job, JobState
 from jobs.owners import SESSION_OWNER_KEY, Owner
 from jobs.quotas import ACTIVE_RETRY_AFTER_DEFAULT, QuotaExceeded
 from jobs.services import job_submit
-from notifications import quotas as socket_quotas
+from notifications import socket_quota
 from notifications.consumers import CLOSE_NORMAL, CLOSE_OVER_QUOTA
-from notifications.quotas import socket_slots_key
+from notifications.socket_quota import socket_slots_key
 from tests.conftest import LiveServer
 from tests.waiting import async_wait_until
 
@@ -374,7 +374,7 @@ async def test_sockets_of_another_process_count_until_their_entries_expire(
 async def test_a_process_refreshes_the_entries_of_its_open_sockets(
     socket_quota_2: None, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(socket_quotas, "REFRESH_EVERY", 0.2)
+    monkeypatch.setattr(socket_quota, "REFRESH_EVERY", 0.2)
     owner, key = await anonymous_session()
     socket = await open_socket("/ws/jobs/", key)
     assert await admitted(socket)
