@@ -22,7 +22,7 @@ from jobs.services import job_create
 from tests.processes import stop_process
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(token="l" * 32)
 
 

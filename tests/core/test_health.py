@@ -23,7 +23,7 @@ from core.redis_local import RedisProcess, free_port, start_redis
 from tests.processes import stop_process
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The slowest failing probe: the broker's connect timeout, then the worker's chain is
 # cut; the checks run side by side, so well under the sum of their timeouts.
 FAILING_PROBE_MAX_SECONDS = 10

@@ -17,7 +17,7 @@ from core import devstack
 from core.redis_local import RedisProcess, RedisUnavailable, free_port, redis_answers, start_redis
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_configured_redis_url_is_used_as_is(redis_server: RedisProcess) -> None:
