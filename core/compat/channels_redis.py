@@ -139,9 +139,9 @@ class DirectSocket:
 # Sockets of this process fed straight from the subscriber: channel name -> socket.
 _DIRECT: dict[str, DirectSocket] = {}
 
-# How many times a subscriber connection of this process came back after losing Redis.
-# A socket that joined its groups before a reconnect and went direct after it missed the
-# resync pass, and resyncs itself.
+# How many times a subscriber connection of this process came back after losing Redis
+# (a stream goes direct when it joins its groups, before its first read, so every
+# reconnect after the join reaches it through the resync pass).
 _reconnects = 0
 
 
