@@ -24,6 +24,7 @@ from jobs.serializers import JobFrame, JobPayload
 from notifications.follow import job_follow, read_job
 
 CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it
+HEAL_AFTER_SECONDS = 5.0  # quiet after which the terminal reads the job again: a bar must not hang on a lost frame
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 2}  # `jobs submit --watch` exits with these
 
 
@@ -59,8 +60,10 @@ async def follow(job_id: uuid.UUID, show: Callable[[JobPayload], None]) -> JobPa
         follow.shown(payloads)
         show(current)
         while current["state"] not in TERMINAL_STATES:
-            message = await follow.next()
-            assert message is not None  # no timeout: it waits for the next change
+            message = await follow.next(timeout=HEAL_AFTER_SECONDS)
+            if message is None:
+                await follow.heal()  # a frame lost on the way is never resent
+                continue
             frame: JobFrame = json.loads(message["text"])
             current = frame["job"]
             show(current)

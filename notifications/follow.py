@@ -4,8 +4,8 @@ A `Follow` joins the stream's groups before anything is read, so no change can f
 between the snapshot and the frames; it lets through only frames whose `seq` is above
 the last one shown for their job; and after the channel layer was away from Redis it
 re-reads what the stream shows (one read per job, owner or staff view for every stream
-of the process, `SharedReads`) and passes on what is newer. It adds no database read of
-its own while a stream is quiet.
+of the process, `SharedReads`) and passes on what is newer. It reads nothing while a
+stream is quiet unless the stream asks (`heal`).
 
 Two ways to take the changes:
 
@@ -13,7 +13,8 @@ Two ways to take the changes:
   itself, stream after stream, with no task woken per stream (the WebSocket consumers,
   where a frame reaches a thousand sockets);
 - pull (`next`, or `async for`): a stream that has a task of its own waits for the next
-  change (Server-Sent Events, the terminal client).
+  change (Server-Sent Events, the terminal client); a client of such a stream has no
+  re-read of its own, so after a long quiet the stream may `heal()`.
 
 A transport is a small module on top: open a Follow with the read of its first state,
 send that, then send each change (notifications/consumers.py, notifications/sse.py,
@@ -189,6 +190,14 @@ class Follow:
         """With a layer that is not jobstream's: its frames, one at a time."""
         while True:
             await self._push(await self._layer.receive(self._channel))
+
+    async def heal(self) -> None:
+        """Reads what the stream shows now and passes on what is newer: for a pull stream
+        whose client has no re-read of its own, after a long quiet (a frame lost on the
+        way while Redis stayed up is never resent)."""
+        if not self.closed and self._reread is not None:
+            for payload in await socket_db(self._reread):
+                await self._push(job_message(payload))
 
     async def _resync(self, reads: SharedReads) -> None:
         """The layer is back on Redis and what it carried meanwhile is lost: read again."""

@@ -3,7 +3,8 @@
 `id: <seq>`, `event: job`, `data: <job JSON>`; honours `Last-Event-ID`; ends after the
 terminal state (docs/contract.md#server-sent-events). A transport on the follow seam (notifications/follow.py),
 like the sockets: the job's group is joined before its state is read, only newer changes
-go out, and the stream reads the job again only after the layer was away from Redis.
+go out, and the job is read again after the layer was away from Redis, and after a minute
+of quiet (a client such as `curl` has no re-read of its own).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from jobs.serializers import payload_text
 from notifications.follow import job_follow, read_job
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job again, for a frame lost on the way
 LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
@@ -72,9 +74,13 @@ async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool) -> AsyncIter
         if payload["state"] in TERMINAL_STATES:
             return
         yield b"retry: 2000\n\n"
+        quiet = 0
         while True:
             message = await follow.next(timeout=KEEPALIVE_SECONDS)
             if message is None:
+                quiet += 1
+                if quiet % HEAL_EVERY == 0:
+                    await follow.heal()  # the event stream's clients have no re-read of their own
                 yield b": keep-alive\n\n"
                 continue
             yield _event(message["seq"], json.dumps(json.loads(message["text"])["job"], separators=(",", ":")))

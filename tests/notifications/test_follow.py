@@ -220,3 +220,19 @@ async def test_after_redis_came_back_every_stream_of_a_job_shows_its_true_state_
     finally:
         for follow in follows:
             await follow.close()
+
+
+async def test_heal_passes_on_the_state_read_now_only_when_it_is_newer() -> None:
+    job = await job_row(seq=3)
+    follow = job_follow(job.id, staff=False)
+    try:
+        follow.shown(await follow.open(lambda: read_job(job.id, staff=False)))
+        await follow.heal()  # nothing changed: nothing passes
+        assert await follow.next(timeout=0.2) is None
+        # The job ended and its terminal frame was lost on the way (Redis stayed up).
+        await database_sync_to_async(Job.objects.filter(pk=job.pk).update)(state=JobState.SUCCEEDED, seq=7)
+        await follow.heal()
+        message = await follow.next(timeout=FRAME_TIMEOUT)
+        assert message is not None and (message["seq"], message["terminal"]) == (7, True)
+    finally:
+        await follow.close()
