@@ -96,7 +96,7 @@ _task_token: ContextVar[Token[JobLogContext | None] | None] = ContextVar("jobstr
 
 
 def _job_kind(job_id: str) -> str | None:
-    from jobs.models import Job
+    from jobs.models import Job  # here: settings.LOGGING loads this module before any app's models can be
 
     try:
         return Job.objects.filter(pk=job_id).values_list("kind", flat=True).first()

@@ -1,10 +1,13 @@
-"""Product code outside core/compat uses only the public APIs of its dependencies.
+"""Product code outside core/compat uses only the public APIs of its dependencies, and no
+product module imports itself back through others.
 
 Read from the source (the AST) of every product module: no module outside core/compat
 imports a private name of another package, reads or calls another object's private
 attribute (Django's documented `_meta` aside), or assigns to an attribute of something it
 imported (a module, or a class from another package). Patches of upstreams live in
-core/compat, each version-guarded with canary tests (docs/compat.md).
+core/compat, each version-guarded with canary tests (docs/compat.md). And the imports of
+product modules (at any level, a function's included; type-only ones aside) form no circle:
+an import put inside a function to dodge one still counts.
 """
 
 from __future__ import annotations
@@ -130,3 +133,71 @@ def test_the_checker_finds_each_kind_of_use_of_an_upstreams_internals(tmp_path: 
 @pytest.mark.parametrize("path", list(product_modules()), ids=lambda path: path.relative_to(ROOT).as_posix())
 def test_product_code_outside_compat_uses_only_public_apis(path: Path) -> None:
     assert violations(path) == []
+
+
+# --- no import circles ------------------------------------------------------------------------
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """The product modules a module imports anywhere in it (outside `if TYPE_CHECKING:`),
+    each as the most specific module name that exists."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name:
+            found.add(name)
+
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                add(f"{node.module}.{alias.name}")
+    return found
+
+
+def import_circles() -> list[list[str]]:
+    paths = {module_name(path): path for path in product_modules()}
+    graph = {name: imports_of(path, set(paths)) - {name} for name, path in paths.items()}
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for imported in sorted(graph[name]):
+            if state.get(imported) == 1:
+                circles.append([*path[path.index(imported) :], imported])
+            elif imported not in state:
+                walk(imported)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            walk(name)
+    return circles
+
+
+def test_product_modules_import_each_other_in_no_circle() -> None:
+    assert import_circles() == []
