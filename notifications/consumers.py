@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -92,13 +93,15 @@ class JobStreamConsumer(FastPathConsumer):
 
     # --- server → client ---------------------------------------------------------
 
-    async def send_job_frame(self, message: LayerJobMessage) -> None:
-        """A newer change of a job this socket shows (the follow's sink)."""
+    def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
+        """A newer change of a job this socket shows (the follow's sink). Written straight
+        to daphne's socket when it can be; otherwise the send to await."""
         if self.closed:
-            return
+            return None
         protocol = self.daphne_protocol
-        if protocol is None or not write_frame(protocol, FRAMES.frame_of(message)):
-            await self.send(text_data=message["text"])
+        if protocol is not None and write_frame(protocol, FRAMES.frame_of(message)):
+            return None
+        return self.send(text_data=message["text"])
 
     async def send_error(self, message: str) -> None:
         await self.send(text_data=error_frame_text(message))
@@ -165,7 +168,7 @@ class JobConsumer(JobStreamConsumer):
         # Joining the group of a job that turns out not to be visible costs nothing:
         # the close leaves it.
         self.follow = Follow([job_group(parsed)])
-        payload = await self.follow.open(self._snapshot)
+        payload = await self.follow.open(self._snapshot, channel=self.local_channel)
         if payload is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
@@ -190,10 +193,14 @@ class JobConsumer(JobStreamConsumer):
         staff = self.owner is not None and self.owner.is_staff
         return job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
 
-    async def send_job_frame(self, message: LayerJobMessage) -> None:
-        await super().send_job_frame(message)
-        if message["terminal"]:
-            await self.close(code=CLOSE_NORMAL)
+    def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
+        pending = super().send_job_frame(message)
+        return self._close_after(pending) if message["terminal"] else pending
+
+    async def _close_after(self, pending: Awaitable[None] | None) -> None:
+        if pending is not None:
+            await pending
+        await self.close(code=CLOSE_NORMAL)
 
     async def on_cancel(self, frame: dict[str, Any]) -> None:
         await self.cancel(self.job_id)
@@ -212,7 +219,7 @@ class OwnerJobsConsumer(JobStreamConsumer):
             await self.send(text_data=snapshot_frame_text([]))
             return
         self.follow = owner_follow(self.owner)
-        payloads = await self.follow.open(functools.partial(read_owner_jobs, self.owner))
+        payloads = await self.follow.open(functools.partial(read_owner_jobs, self.owner), channel=self.local_channel)
         self.follow.shown(payloads)
         await self.send(text_data=snapshot_frame_text(payloads))
         await self.follow.push_to(self.send_job_frame)
@@ -247,7 +254,7 @@ class StaffJobsConsumer(JobStreamConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.follow = staff_follow(self.resync)
-        payloads, counts = await self.follow.open(read_active_jobs)
+        payloads, counts = await self.follow.open(read_active_jobs, channel=self.local_channel)
         await self.send_snapshot(payloads, counts)
         await self.follow.push_to(self.send_job_frame)
 
@@ -256,12 +263,12 @@ class StaffJobsConsumer(JobStreamConsumer):
         self.follow.shown(payloads)
         await self.send(text_data=snapshot_frame_text(payloads, counts=counts))
 
-    async def send_job_frame(self, message: LayerJobMessage) -> None:
+    def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
         if message["terminal"]:
             self.live_frames.pop(message["job_id"], None)
         else:
             self.live_frames[message["job_id"]] = message["text"]
-        await super().send_job_frame(message)
+        return super().send_job_frame(message)
 
     # --- healing after Redis came back ---------------------------------------------------
 

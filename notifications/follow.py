@@ -42,7 +42,8 @@ from notifications.messages import LayerJobMessage
 from notifications.socket_db import socket_db
 
 T = TypeVar("T")
-Sink = Callable[[LayerJobMessage], Awaitable[None]]
+# Takes a newer change; what it returns, when not None, is awaited (a write that must wait).
+Sink = Callable[[LayerJobMessage], Awaitable[None] | None]
 ReadJobs = Callable[[], list[JobPayload]]  # runs in the sockets' database thread
 Resync = Callable[[SharedReads], Awaitable[None]]
 
@@ -66,6 +67,22 @@ class Follow:
     healing is not "each newer job" gives its own `on_resync` instead (the staff view
     sends a whole new snapshot)."""
 
+    # One per open stream, ten thousand to a daphne: no per-instance dict.
+    __slots__ = (
+        "_channel",
+        "_held",
+        "_joined",
+        "_layer",
+        "_on_resync",
+        "_reader",
+        "_reread",
+        "_reread_key",
+        "_sink",
+        "closed",
+        "groups",
+        "last_seq",
+    )
+
     def __init__(
         self,
         groups: Sequence[str],
@@ -84,24 +101,25 @@ class Follow:
         self._channel: str | None = None
         self._layer: Any = None
         self._reader: asyncio.Future[None] | None = None
-        self._held = LatestWinsQueue()  # frames before the sink is set, and every frame in pull mode
+        self._held: LatestWinsQueue | None = None  # frames before the sink is set, and all in pull mode
         self._sink: Sink | None = None
 
     # --- opening and closing -------------------------------------------------------------
 
-    async def open(self, read: Callable[[], T]) -> T:
+    async def open(self, read: Callable[[], T], *, channel: str | None = None) -> T:
         """Joins the groups, then runs `read` in the sockets' database thread and returns
         what it gives (the stream's first state). Nothing published from the join on is
-        missed: it waits for `push_to` or `next`."""
+        missed: it waits for `push_to` or `next`. A consumer gives its own `channel` (a
+        local one, core/compat/channels.py), which the layer then feeds this stream through."""
         layer = get_channel_layer()
         assert layer is not None, "CHANNEL_LAYERS must define a default layer"
         self._layer = layer
         fast = fast_layer(layer)
         if fast is not None:
-            self._channel = await fast.new_local_channel()
-            deliver_directly(self._channel, self._push, self._resync)
+            self._channel = channel or await fast.new_local_channel()
+            deliver_directly(self._channel, self._offer, self._resync)
         else:
-            self._channel = await layer.new_channel()
+            self._channel = await layer.new_channel()  # a consumer's own is read by Channels' loop
             self._reader = asyncio.ensure_future(self._read_channel())
         for group in self.groups:
             await layer.group_add(group, self._channel)
@@ -148,19 +166,24 @@ class Follow:
     # --- taking the changes ----------------------------------------------------------------------
 
     async def push_to(self, sink: Sink) -> None:
-        """From now on each newer change is awaited in `sink`, first those that came
-        while the snapshot was read."""
-        while not self._held.empty():
-            message = self._held.get_nowait()
+        """From now on each newer change goes to `sink`, first those that came while the
+        snapshot was read."""
+        held = self._held
+        while held is not None and not held.empty():
+            message = held.get_nowait()
             if not self.closed and self.newer(message):
-                await sink(message)
+                pending = sink(message)
+                if pending is not None:
+                    await pending
+        self._held = None
         self._sink = sink
 
     async def next(self, timeout: float | None = None) -> LayerJobMessage | None:
         """The next newer change; None when `timeout` seconds pass without one."""
+        held = self._hold()
         while True:
             try:
-                message = await asyncio.wait_for(self._held.get(), timeout)
+                message = await asyncio.wait_for(held.get(), timeout)
             except TimeoutError:
                 return None
             if self.newer(message):
@@ -176,20 +199,36 @@ class Follow:
 
     # --- from the layer ----------------------------------------------------------------------
 
-    async def _push(self, message: LayerJobMessage) -> None:
-        """A frame for the stream's groups, from the layer's subscriber (or the reader)."""
+    def _offer(self, message: LayerJobMessage) -> Awaitable[None] | None:
+        """A frame for the stream's groups, from the layer's subscriber (or the reader):
+        to the sink when newer, held until there is one. Called once per stream per
+        frame, so it creates no coroutine of its own."""
         if self.closed:
-            return
+            return None
         sink = self._sink
         if sink is None:
-            self._held.put_nowait(message)
-        elif self.newer(message):
-            await sink(message)
+            self._hold().put_nowait(message)
+            return None
+        job_id, seq = message["job_id"], message["seq"]
+        if seq <= self.last_seq.get(job_id, 0):
+            return None
+        self.last_seq[job_id] = seq
+        return sink(message)
+
+    async def _pass_on(self, message: LayerJobMessage) -> None:
+        pending = self._offer(message)
+        if pending is not None:
+            await pending
+
+    def _hold(self) -> LatestWinsQueue:
+        if self._held is None:
+            self._held = LatestWinsQueue()
+        return self._held
 
     async def _read_channel(self) -> None:
         """With a layer that is not jobstream's: its frames, one at a time."""
         while True:
-            await self._push(await self._layer.receive(self._channel))
+            await self._pass_on(await self._layer.receive(self._channel))
 
     async def heal(self) -> None:
         """Reads what the stream shows now and passes on what is newer: for a pull stream
@@ -197,7 +236,7 @@ class Follow:
         way while Redis stayed up is never resent)."""
         if not self.closed and self._reread is not None:
             for payload in await socket_db(self._reread):
-                await self._push(job_message(payload))
+                await self._pass_on(job_message(payload))
 
     async def _resync(self, reads: SharedReads) -> None:
         """The layer is back on Redis and what it carried meanwhile is lost: read again."""
@@ -210,7 +249,7 @@ class Follow:
             return
         reread = self._reread
         for payload in await reads.get(self._reread_key, lambda: socket_db(reread)):
-            await self._push(job_message(payload))
+            await self._pass_on(job_message(payload))
 
 
 # --- what each stream shows ------------------------------------------------------------------

@@ -47,6 +47,8 @@ FAST_PATH = UPSTREAM.speed(
 
 
 class FastPathConsumer(AsyncWebsocketConsumer):
+    local_channel: str | None = None  # the consumer's own channel, when it is local to the process
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         layer = channels_redis.fast_layer(get_channel_layer(self.channel_layer_alias))
         if layer is None or not FAST_PATH.active:
@@ -54,7 +56,7 @@ class FastPathConsumer(AsyncWebsocketConsumer):
             return
         self.scope = scope
         self.channel_layer = layer
-        self.channel_name = await layer.new_local_channel()
+        self.channel_name = self.local_channel = await layer.new_local_channel()
         self.channel_receive = functools.partial(layer.receive_local, self.channel_name)
         self.base_send = send
         with contextlib.suppress(StopConsumer):  # the socket closed

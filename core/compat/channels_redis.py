@@ -72,7 +72,9 @@ RECONNECT_DELAY_FIRST = 0.05
 RECONNECT_DELAY_MAX = 1.0
 
 T = TypeVar("T")
-Push = Callable[[Any], Awaitable[None]]
+# Hands a frame to a socket; what it returns, when not None, the subscriber awaits (a
+# write that must wait), so a frame written at once costs no coroutine.
+Push = Callable[[Any], Awaitable[None] | None]
 
 
 def fast_layer(layer: object) -> JobStreamChannelLayer | None:
@@ -150,8 +152,9 @@ def subscriber_reconnects() -> int:
 
 
 def deliver_directly(channel_name: str, push: Push, resync: Resync | None = None) -> None:
-    """From now on job frames for `channel_name` go to `push`, awaited by the subscriber;
-    after a reconnect to Redis the layer awaits `resync` to re-read what was missed."""
+    """From now on job frames for `channel_name` go to `push`, called by the subscriber
+    (which awaits what it returns, if anything); after a reconnect to Redis the layer
+    awaits `resync` to re-read what was missed."""
     _DIRECT[channel_name] = DirectSocket(push, resync)
 
 
@@ -384,7 +387,9 @@ class JobStreamShardConnection(RedisSingleShardConnection):
 async def _push_all(pushes: list[tuple[Push, Any]]) -> None:
     for push, message in pushes:
         try:
-            await push(message)
+            pending = push(message)
+            if pending is not None:
+                await pending
         except Exception:
             logger.exception("A socket failed to take a job frame")
 

@@ -123,7 +123,8 @@ async def test_push_mode_hands_over_what_came_during_the_snapshot_then_each_newe
     try:
         follow.shown(await follow.open(lambda: read_job(job.id, staff=False)))
         await asyncio.to_thread(publish, publisher, job, frame_of(job, 4))  # before the sink: held
-        assert await async_wait_until(lambda: _true(not follow._held.empty()), timeout=FRAME_TIMEOUT)
+        held = lambda: _true(follow._held is not None and not follow._held.empty())  # noqa: E731
+        assert await async_wait_until(held, timeout=FRAME_TIMEOUT)
         await follow.push_to(sink)
         assert pushed == [4]
         await asyncio.to_thread(publish, publisher, job, frame_of(job, 5, state=JobState.SUCCEEDED))
