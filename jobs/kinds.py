@@ -73,31 +73,50 @@ class Param:
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
-            "type": self.type_name if self.required else [self.type_name, "null"],
+            "type": [self.type_name, "null"] if self.nullable else self.type_name,
             "title": self.title,
             "minimum": self.minimum,
             "maximum": self.maximum,
         }
         if self.help:
             schema["description"] = self.help
-        if self.default is not None or not self.required:
+        if self.default is not None or self.nullable:
             schema["default"] = self.default
         return schema
 
-    def clean(self, value: object, *, from_text: bool = False) -> float | int | None:
-        """The value, checked and converted; raises ValueError with a user message.
+    @property
+    def nullable(self) -> bool:
+        """Whether `null` is a value: only where the schema's `type` lists "null"."""
+        return not self.required
 
-        JSON must carry real numbers (`"5"` and `true` are refused); form fields
-        arrive as text and are parsed first.
+    def absent(self) -> float | int | None:
+        """The value of a parameter left out: its default, None (left out of params) for an
+        optional one without a default; raises ValueError when it is required."""
+        if self.is_required:
+            raise ValueError("This parameter is required.")
+        return self.default
+
+    def clean(self, value: object, *, from_text: bool = False) -> float | int | None:
+        """The value sent, checked and converted; raises ValueError with a user message.
+
+        JSON must carry real numbers (`"5"`, `true` and, unless the parameter is
+        nullable, `null` are refused); form fields arrive as text and are parsed first,
+        a blank one counting as left out.
         """
-        if value is None or (from_text and isinstance(value, str) and not value.strip()):
-            if self.required and self.default is None:
-                raise ValueError("This parameter is required.")
-            return self.default
+        if from_text and (value is None or (isinstance(value, str) and not value.strip())):
+            return self.absent()  # a form field left blank, or not posted
+        if value is None:
+            if self.nullable:
+                return self.default
+            if self.default is None:
+                raise ValueError(f"Must be {self._type_text}, not null.")
+            raise ValueError(
+                f"Must be {self._type_text}, not null; leave it out to take the default, {_number_text(self.default)}."
+            )
         if from_text and isinstance(value, str):
             value = self._parse_text(value.strip())
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"Must be {'an integer' if self.integer else 'a number'}.")
+            raise ValueError(f"Must be {self._type_text}.")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("Must be a finite number.")
         if self.integer:
@@ -108,11 +127,15 @@ class Param:
             raise ValueError(f"Must be between {_number_text(self.minimum)} and {_number_text(self.maximum)}.")
         return value
 
+    @property
+    def _type_text(self) -> str:
+        return "an integer" if self.integer else "a number"
+
     def _parse_text(self, text: str) -> float | int:
         try:
             return int(text) if self.integer else float(text)
         except ValueError:
-            raise ValueError(f"Must be {'an integer' if self.integer else 'a number'}.") from None
+            raise ValueError(f"Must be {self._type_text}.") from None
 
     def form_field(self) -> forms.Field:
         param = self
@@ -337,8 +360,10 @@ class JobKind:
                     if param.name in params:
                         raise ValueError(param.not_in_json_message)
                     value: Any = param.clean(files.get(param.name))
+                elif param.name in params:
+                    value = param.clean(params[param.name], from_text=from_text)
                 else:
-                    value = param.clean(params.get(param.name), from_text=from_text)
+                    value = param.absent()
             except ValueError as exc:
                 errors[param.name] = [str(exc)]
                 if isinstance(exc, FileTooLarge):

@@ -192,6 +192,20 @@ def test_create_job_fills_in_parameter_defaults(client: Client) -> None:
 
 
 @pytest.mark.django_db
+def test_create_job_leaves_out_an_optional_parameter_sent_as_null(client: Client) -> None:
+    job = create(client, {"kind": "sleep", "params": {"fail_at_step": None}})
+    assert job["params"] == {"steps": 10, "step_seconds": 0.5}
+
+
+@pytest.mark.django_db
+def test_create_job_refuses_null_for_a_parameter_whose_schema_type_has_no_null(client: Client) -> None:
+    response = post_json(client, {"kind": "sleep", "params": {"steps": None}})
+    assert response.status_code == 400
+    assert errors_of(response) == {"steps": ["Must be an integer, not null; leave it out to take the default, 10."]}
+    assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
 def test_create_job_accepts_a_whole_float_as_an_integer(client: Client) -> None:
     assert create(client, {"kind": "primes", "params": {"limit": 1000.0}})["params"] == {"limit": 1000}
 

@@ -119,6 +119,16 @@ def test_posting_the_form_creates_the_job_and_redirects_to_it() -> None:
 
 
 @pytest.mark.django_db
+def test_posting_the_form_with_blank_fields_takes_the_defaults_and_leaves_out_the_optional() -> None:
+    client, token = csrf_client()
+    fields = all_fields(csrfmiddlewaretoken=token, kind="sleep", **{"sleep-step_seconds": "0.25"})
+    del fields["sleep-steps"]  # not posted at all: as blank
+    response = client.post("/", fields)
+    assert response.status_code == 302, response.content
+    assert Job.objects.get().params == {"steps": 10, "step_seconds": 0.25}
+
+
+@pytest.mark.django_db
 def test_posted_job_belongs_to_the_visitor() -> None:
     client, token = csrf_client()
     client.post("/", all_fields(csrfmiddlewaretoken=token, kind="report"))

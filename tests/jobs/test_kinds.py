@@ -77,7 +77,6 @@ REQUIRED = Param("size", "Size", 1, 10)
 @pytest.mark.parametrize(
     ("param", "value", "expected"),
     [
-        (STEPS, None, 10),
         (STEPS, 1, 1),
         (STEPS, 1000, 1000),
         (STEPS, 7.0, 7),
@@ -98,7 +97,9 @@ def test_param_clean_accepts_json_values(param: Param, value: object, expected: 
 @pytest.mark.parametrize(
     ("param", "value", "message"),
     [
-        (REQUIRED, None, "This parameter is required."),
+        (STEPS, None, "Must be an integer, not null; leave it out to take the default, 10."),
+        (SECONDS, None, "Must be a number, not null; leave it out to take the default, 0.5."),
+        (REQUIRED, None, "Must be an integer, not null."),
         (STEPS, "5", "Must be an integer."),
         (STEPS, True, "Must be an integer."),
         (STEPS, False, "Must be an integer."),
@@ -156,11 +157,47 @@ def test_param_clean_from_text_refuses_bad_form_values(param: Param, text: str, 
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize(("param", "expected"), [(STEPS, 10), (SECONDS, 0.5), (OPTIONAL, None)])
+def test_param_absent_takes_its_default(param: Param, expected: object) -> None:
+    assert param.absent() == expected
+
+
+def test_param_absent_refuses_a_required_parameter() -> None:
+    with pytest.raises(ValueError, match=r"^This parameter is required\.$"):
+        REQUIRED.absent()
+
+
+@pytest.mark.parametrize("param", [STEPS, SECONDS, OPTIONAL, REQUIRED], ids=lambda param: param.name)
+def test_param_takes_null_exactly_where_its_schema_type_lists_null(param: Param) -> None:
+    listed = "null" in param.json_schema()["type"]
+    try:
+        param.clean(None)
+    except ValueError:
+        assert not listed
+    else:
+        assert listed
+
+
 # --- JobKind.validate and schema -------------------------------------------------
 
 
 def test_validate_fills_in_defaults_and_leaves_out_unset_optionals() -> None:
     assert kind_get("sleep").validate({}) == {"steps": 10, "step_seconds": 0.5}
+
+
+def test_validate_refuses_null_for_a_parameter_with_a_default() -> None:
+    with pytest.raises(ParamsInvalid) as raised:
+        kind_get("sleep").validate({"steps": None})
+    assert raised.value.errors == {"steps": ["Must be an integer, not null; leave it out to take the default, 10."]}
+
+
+def test_validate_leaves_out_an_optional_parameter_sent_as_null() -> None:
+    assert kind_get("sleep").validate({"fail_at_step": None}) == {"steps": 10, "step_seconds": 0.5}
+
+
+def test_validate_from_text_takes_blank_and_unposted_fields_as_left_out() -> None:
+    cleaned = kind_get("sleep").validate({"steps": "", "step_seconds": None, "fail_at_step": " "}, from_text=True)
+    assert cleaned == {"steps": 10, "step_seconds": 0.5}
 
 
 def test_validate_names_every_bad_and_unknown_parameter() -> None:
