@@ -7,6 +7,6 @@ from django.http import HttpRequest
 
 
 def header_links(request: HttpRequest) -> dict[str, str]:
-    """FLOWER_URL for the staff-only "Flower" link in the page header (core/templates/base.html),
-    on every page, not only on the views that pass it."""
+    """FLOWER_URL for the "Flower" link in the page header (core/templates/base.html, for
+    users with jobs.view_all_jobs), on every page, not only on the views that pass it."""
     return {"flower_url": settings.FLOWER_URL}

@@ -20,7 +20,7 @@ from jobs.owners import Owner
 from jobs.services import job_cancel, job_create
 from jobs.uploads import UploadMissing, upload_reopen
 
-STAFF = Owner(is_staff=True)  # the admin acts as staff: it sees and may cancel every job
+STAFF = Owner(views_all=True)  # the admin sees, and with change permission cancels, every job
 
 
 @admin.register(Job)
@@ -59,7 +59,7 @@ class JobAdmin(admin.ModelAdmin):
         seconds = max(0.0, (end - job.started_at).total_seconds())
         return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         asked, finished = 0, 0
         for job in queryset:
@@ -73,7 +73,7 @@ class JobAdmin(admin.ModelAdmin):
         if finished:
             self.message_user(request, f"{finished} job(s) had already ended.", messages.WARNING)
 
-    @admin.action(description="Retry the selected jobs (a new job with the same parameters)")
+    @admin.action(description="Retry the selected jobs (a new job with the same parameters)", permissions=["change"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         started = 0
         for job in queryset:

@@ -189,7 +189,7 @@ class PageQuery(Schema):
 
 
 def _job_out(job: Any, owner: Owner) -> JobPayload:
-    return job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
+    return job_payload(job, staff=owner.views_all, queue_position=job_queue_position(job=job))
 
 
 def _visible_job_or_404(owner: Owner, job_id: str) -> Any:

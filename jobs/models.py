@@ -70,6 +70,12 @@ class Job(models.Model):
             models.Index(fields=["owner_token", "-created_at"], name="job_token_recent"),
             models.Index(fields=["state", "created_at"], name="job_state_created"),
         ]
+        # Rights beyond one's own jobs, granted to users or groups (superusers have them
+        # all); the is_staff flag alone grants neither (jobs/owners.py checks them).
+        permissions = [
+            ("view_all_jobs", "Can see every job, its traceback and result file, and the live view"),
+            ("bypass_quotas", "Can start jobs and open streams past the quotas"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.id} ({self.state})"

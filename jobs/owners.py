@@ -1,4 +1,12 @@
-"""Who owns a job: a signed-in user, or an anonymous visitor through their session."""
+"""Who owns a job: a signed-in user, or an anonymous visitor through their session.
+
+And what an owner may do beyond their own jobs, from two permissions (jobs.Job's
+Meta.permissions; superusers have every permission, the `is_staff` flag alone grants
+nothing here): `jobs.view_all_jobs` (every job, tracebacks, others' result files, the
+live view) and `jobs.bypass_quotas`. `can_view_all` and `can_bypass_quotas` are the one
+place that reads them; reading them may query the database (sync code only), and
+Django's ModelBackend caches them on the user object.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +24,28 @@ from django.http import HttpRequest
 from jobs.models import Job
 
 SESSION_OWNER_KEY = "jobstream_owner"  # the anonymous owner's token, kept in the session
+VIEW_ALL_JOBS = "jobs.view_all_jobs"
+BYPASS_QUOTAS = "jobs.bypass_quotas"
+
+
+def can_view_all(user: Any) -> bool:
+    """Whether `user` may see every job (its traceback and file too) and the live view."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(VIEW_ALL_JOBS))
+
+
+def can_bypass_quotas(user: Any) -> bool:
+    """Whether `user` may start jobs and open streams past the quotas."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(BYPASS_QUOTAS))
 
 
 @dataclass(frozen=True)
 class Owner:
+    """An owner, with the rights read once where it was made (a request, a handshake)."""
+
     user_id: int | None = None
     token: str | None = None
-    is_staff: bool = False
+    views_all: bool = False
+    bypasses_quotas: bool = False
 
     @property
     def key(self) -> str:
@@ -39,11 +62,16 @@ class Owner:
         return owner_user_id is None and bool(self.token) and owner_token == self.token
 
 
+def owner_of_user(user: Any) -> Owner:
+    """A signed-in user as an owner, with their rights."""
+    return Owner(user_id=user.pk, views_all=can_view_all(user), bypasses_quotas=can_bypass_quotas(user))
+
+
 def owner_from_request(request: HttpRequest) -> Owner:
     """The request's owner; gives an anonymous visitor a session token on first sight."""
     user = request.user
     if user.is_authenticated:
-        return Owner(user_id=user.pk, is_staff=user.is_staff)
+        return owner_of_user(user)
     token = request.session.get(SESSION_OWNER_KEY)
     if not token:
         token = secrets.token_hex(16)
@@ -60,7 +88,7 @@ def owner_from_scope(scope: dict[str, Any]) -> Owner | None:
     """
     user = scope["user"] if "user" in scope else _user_from_session(scope.get("session"))
     if user is not None and user.is_authenticated:
-        return Owner(user_id=user.pk, is_staff=user.is_staff)
+        return owner_of_user(user)
     session = scope.get("session")
     token = session.get(SESSION_OWNER_KEY) if session is not None else None
     return Owner(token=token) if token else None

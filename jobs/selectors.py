@@ -20,17 +20,17 @@ def parse_job_id(value: object) -> uuid.UUID | None:
 
 
 def job_get_visible(*, owner: Owner | None, job_id: object) -> Job | None:
-    """The job if this owner may see it (its owner, or staff); None otherwise."""
+    """The job if this owner may see it (its owner, or one who may see every job); None otherwise."""
     parsed = parse_job_id(job_id)
     if parsed is None or owner is None:
         return None
-    queryset = Job.objects.all() if owner.is_staff else Job.objects.filter(owner.jobs_filter())
+    queryset = Job.objects.all() if owner.views_all else Job.objects.filter(owner.jobs_filter())
     return queryset.filter(pk=parsed).first()
 
 
 def job_list_visible(*, owner: Owner) -> QuerySet[Job]:
-    """Newest first: every job for staff, else the owner's own."""
-    queryset = Job.objects.all() if owner.is_staff else Job.objects.filter(owner.jobs_filter())
+    """Newest first: every job for one who may see them all, else the owner's own."""
+    queryset = Job.objects.all() if owner.views_all else Job.objects.filter(owner.jobs_filter())
     return queryset.order_by("-created_at")
 
 

@@ -10,7 +10,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from jobs.forms import KindForm, params_form
 from jobs.kinds import ParamsInvalid, kind_get, kind_list
 from jobs.models import JobState
-from jobs.owners import owner_from_request
+from jobs.owners import can_view_all, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position
 from jobs.serializers import job_payload
@@ -52,7 +52,7 @@ def index(request: HttpRequest) -> HttpResponse:
     startable = [kind.name for kind in kind_list() if not kind.file_params] or [kind_list()[0].name]
     selected = kind_form.data.get("kind") if kind_form.is_bound else startable[0]
     jobs = [
-        job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
+        job_payload(job, staff=owner.views_all, queue_position=job_queue_position(job=job))
         for job in job_list_recent_for_owner(owner=owner)
     ]
     context = {
@@ -74,7 +74,7 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     job = job_get_visible(owner=owner, job_id=job_id)
     if job is None:
         raise Http404("No job with this id.")
-    payload = job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
+    payload = job_payload(job, staff=owner.views_all, queue_position=job_queue_position(job=job))
     return render(request, "jobs/detail.html", {"job": payload, "flower_url": settings.FLOWER_URL})
 
 
@@ -82,6 +82,6 @@ def staff_jobs(request: HttpRequest) -> HttpResponse:
     """The staff live view: every queued and running job (fed by `/ws/staff/jobs/`)."""
     if not request.user.is_authenticated:
         return redirect(f"{settings.LOGIN_URL}?next={request.path}")
-    if not request.user.is_staff:
-        raise Http404("No such page.")  # for anyone but staff the page does not exist
+    if not can_view_all(request.user):
+        raise Http404("No such page.")  # for anyone without jobs.view_all_jobs the page does not exist
     return render(request, "jobs/staff.html", {"states": JobState.choices})

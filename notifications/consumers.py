@@ -172,7 +172,7 @@ class JobConsumer(JobStreamConsumer):
         if payload is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
-        staff = bool(self.owner and self.owner.is_staff)
+        staff = bool(self.owner and self.owner.views_all)
         self.follow.heals_with(functools.partial(read_job, parsed, staff=staff), key=("job", self.job_id, staff))
         terminal = payload["state"] in TERMINAL_STATES
         if not terminal and not await self.admit():  # a finished job's socket closes at once
@@ -190,7 +190,7 @@ class JobConsumer(JobStreamConsumer):
         job = job_get_visible(owner=self.owner, job_id=self.job_id)
         if job is None:
             return None
-        staff = self.owner is not None and self.owner.is_staff
+        staff = self.owner is not None and self.owner.views_all
         return job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
 
     def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
@@ -250,7 +250,7 @@ class StaffJobsConsumer(JobStreamConsumer):
     async def start_stream(self) -> None:
         self.live_frames = {}
         self.owner = await socket_db(owner_from_scope, self.scope)
-        if self.owner is None or not self.owner.is_staff:
+        if self.owner is None or not self.owner.views_all:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.follow = staff_follow(self.resync)

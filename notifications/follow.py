@@ -264,7 +264,7 @@ def read_job(job_id: uuid.UUID | str, *, staff: bool) -> list[JobPayload]:
 def read_owner_jobs(owner: Owner) -> list[JobPayload]:
     """An owner's recent jobs, newest first, as the owner stream's snapshot shows them."""
     return [
-        job_payload(job, staff=owner.is_staff, queue_position=job_queue_position(job=job))
+        job_payload(job, staff=owner.views_all, queue_position=job_queue_position(job=job))
         for job in job_list_recent_for_owner(owner=owner)
     ]
 
@@ -293,7 +293,7 @@ def owner_follow(owner: Owner) -> Follow:
     return Follow(
         [owner_group(owner.key)],
         reread=lambda: list(reversed(read_owner_jobs(owner))),  # oldest first, as they happened
-        reread_key=("owner", owner.key, owner.is_staff),
+        reread_key=("owner", owner.key, owner.views_all),
     )
 
 

@@ -65,14 +65,14 @@ def socket_slots_key(owner_key: str) -> str:
 
 
 def _counted(owner: Owner | None) -> bool:
-    return owner is not None and not owner.is_staff and settings.JOB_QUOTA_SOCKETS > 0
+    return owner is not None and not owner.bypasses_quotas and settings.JOB_QUOTA_SOCKETS > 0
 
 
 async def socket_slot_acquire(*, owner: Owner | None, socket_id: str) -> bool:
     """Takes one of the owner's socket slots; False when they are all in use.
 
     True without counting for no owner (a visitor without a session owns nothing to
-    watch), for staff, and while the quota is off (JOB_QUOTA_SOCKETS=0).
+    watch), for an owner with `jobs.bypass_quotas`, and while the quota is off (JOB_QUOTA_SOCKETS=0).
     """
     if not _counted(owner):
         return True

@@ -54,7 +54,7 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         )
     last_seq = int(raw_last) if raw_last else -1
     response = StreamingHttpResponse(
-        _stream(job.id, last_seq=last_seq, staff=owner.is_staff), content_type="text/event-stream"
+        _stream(job.id, last_seq=last_seq, staff=owner.views_all), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once

@@ -23,6 +23,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from core.redis_local import RedisProcess, free_port
+from tests.accounts import VIEW_ALL_JOBS, user_with
 from tests.processes import stop_process
 from tests.waiting import wait_until
 
@@ -176,7 +177,7 @@ def test_flower_serves_only_under_its_prefix(flower: FlowerProcess) -> None:
 @pytest.mark.django_db
 def test_staff_see_the_flower_link_in_the_header(settings: Any) -> None:
     settings.FLOWER_URL = "https://ops.example.com/flower/"
-    staff = get_user_model().objects.create_user("ada", password="pw-ada-123456", is_staff=True)
+    staff = user_with("ada", VIEW_ALL_JOBS, is_staff=True, password="pw-ada-123456")
     client = Client()
     client.force_login(staff)
     page = client.get("/").content.decode()
@@ -187,7 +188,7 @@ def test_staff_see_the_flower_link_in_the_header(settings: Any) -> None:
 @pytest.mark.django_db
 def test_staff_see_the_flower_link_on_a_job_page(settings: Any) -> None:
     settings.FLOWER_URL = "https://ops.example.com/flower/"
-    staff = get_user_model().objects.create_user("ada", password="pw-ada-123456", is_staff=True)
+    staff = user_with("ada", VIEW_ALL_JOBS, is_staff=True, password="pw-ada-123456")
     client = Client()
     client.force_login(staff)
     job = client.post("/api/jobs/", {"kind": "sleep", "params": {"steps": 1}}, content_type="application/json")
@@ -201,11 +202,22 @@ def test_staff_see_the_flower_link_on_a_job_page(settings: Any) -> None:
 def test_staff_get_the_flower_link_on_pages_whose_views_do_not_pass_it(path: str, settings: Any) -> None:
     settings.FLOWER_URL = "https://ops.example.com/flower/"
     settings.DEBUG = False  # the site's own 404 page, with the header
-    staff = get_user_model().objects.create_user("ada", password="pw-ada-123456", is_staff=True)
+    staff = user_with("ada", VIEW_ALL_JOBS, is_staff=True, password="pw-ada-123456")
     client = Client()
     client.force_login(staff)
     page = client.get(path).content.decode()
     assert 'href="https://ops.example.com/flower/"' in page
+
+
+@pytest.mark.django_db
+def test_the_staff_flag_alone_gets_no_flower_link_nor_live_view_link(settings: Any) -> None:
+    settings.FLOWER_URL = "https://ops.example.com/flower/"
+    client = Client()
+    client.force_login(user_with("clerk", is_staff=True, password="pw-clerk-123456"))
+    page = client.get("/").content.decode()
+    assert "https://ops.example.com/flower/" not in page
+    assert "/staff/jobs/" not in page
+    assert 'href="/admin/"' in page  # the admin itself checks the model permissions
 
 
 @pytest.mark.django_db

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.accounts import VIEW_ALL_JOBS
 from tests.e2e.test_browser import BAR_BETWEEN_JS, JOB_TIMEOUT, open_index, start_job
 
 if TYPE_CHECKING:
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 PASSWORD = "staff-pw-for-tests-only"
 
 
-def make_user(username: str, *, staff: bool) -> Any:
-    from django.contrib.auth import get_user_model
+def make_user(username: str, *codenames: str, staff: bool) -> Any:
+    from tests.accounts import user_with
 
-    return get_user_model().objects.create_user(username=username, password=PASSWORD, is_staff=staff)
+    return user_with(username, *codenames, is_staff=staff, password=PASSWORD)
 
 
 def sign_in(page: Page, live_server: LiveServer, username: str) -> None:
@@ -38,7 +39,7 @@ def sign_in(page: Page, live_server: LiveServer, username: str) -> None:
 def test_staff_view_shows_every_owners_jobs_live_with_places_in_line(
     live_server: LiveServer, worker: Any, page: Page, browser: Browser
 ) -> None:
-    make_user("watcher", staff=True)
+    make_user("watcher", VIEW_ALL_JOBS, staff=True)
     sign_in(page, live_server, "watcher")
     expect(page).to_have_url(f"{live_server.url}/staff/jobs/")
     expect(page.locator("[data-connection]")).to_have_text("live", timeout=10_000)
@@ -74,14 +75,14 @@ def test_staff_view_does_not_exist_for_others(live_server: LiveServer, page: Pag
     assert response is not None
     assert page.url.startswith(f"{live_server.url}/accounts/login/"), "anonymous visitors are sent to sign in"
 
-    make_user("plain", staff=False)
-    sign_in(page, live_server, "plain")
+    make_user("clerk", staff=True)  # the flag alone: no jobs.view_all_jobs
+    sign_in(page, live_server, "clerk")
     response = page.goto(f"{live_server.url}/staff/jobs/")
     assert response is not None
     assert response.status == 404
     expect(page.get_by_role("link", name="Live view")).to_have_count(0)
 
-    # The staff socket closes 4404 for a signed-in visitor who is not staff.
+    # The staff socket closes 4404 for a signed-in user without jobs.view_all_jobs.
     cookies = {cookie["name"]: cookie["value"] for cookie in page.context.cookies()}
     assert _staff_socket_close_code(live_server, cookies["sessionid"]) == 4404
 

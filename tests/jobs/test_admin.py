@@ -16,6 +16,7 @@ from jobs.models import ImportedContact, Job, JobState
 from jobs.owners import Owner
 from jobs.services import job_create
 from jobs.uploads import upload_dir, upload_job_id, upload_path
+from tests.accounts import VIEW_ALL_JOBS, user_with
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +75,39 @@ def test_cancel_action_cancels_a_queued_job_and_reports_ended_ones(staff_client:
     assert queued.state == JobState.CANCELLED
     assert "Cancel asked for 1 job(s)" in page
     assert "1 job(s) had already ended." in page
+
+
+def admin_client(username: str, *codenames: str) -> Client:
+    """A staff member of the admin holding the jobs permissions `codenames`."""
+    client = Client()
+    client.force_login(user_with(username, *codenames, is_staff=True))
+    return client
+
+
+def test_view_only_admin_users_get_neither_action_and_cannot_run_them() -> None:
+    viewer = admin_client("viewer", "view_job", VIEW_ALL_JOBS)
+    queued = make_job(JobState.QUEUED)
+    failed = make_job(JobState.FAILED, error="boom")
+
+    page = viewer.get(CHANGELIST).content.decode()
+    assert str(queued.id) in page
+    assert "cancel_jobs" not in page and "retry_jobs" not in page
+
+    act(viewer, "cancel_jobs", queued)
+    act(viewer, "retry_jobs", failed)
+    queued.refresh_from_db()
+    assert queued.state == JobState.QUEUED
+    assert Job.objects.count() == 2
+
+
+def test_admin_users_with_change_permission_run_the_actions() -> None:
+    clerk = admin_client("clerk", "view_job", "change_job")
+    queued = make_job(JobState.QUEUED)
+
+    assert "cancel_jobs" in clerk.get(CHANGELIST).content.decode()
+    assert "Cancel asked for 1 job(s)" in act(clerk, "cancel_jobs", queued).content.decode()
+    queued.refresh_from_db()
+    assert queued.state == JobState.CANCELLED
 
 
 def test_retry_action_starts_a_new_job_with_the_same_parameters_and_owner(staff_client: Client) -> None:

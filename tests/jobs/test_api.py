@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
@@ -16,6 +18,7 @@ from django.utils import timezone
 from jobs.kinds import kind_list
 from jobs.models import Job
 from jobs.serializers import JOB_KEYS
+from tests.accounts import VIEW_ALL_JOBS, user_with
 from tests.waiting import wait_until
 
 Response = Any  # what the test client answers: an HttpResponse with .json() and more
@@ -52,8 +55,9 @@ def names(errors: dict[str, list[str]], field: str) -> bool:
     return field in errors or any(field in message for messages in errors.values() for message in messages)
 
 
-def user_client(username: str, *, staff: bool = False) -> Client:
-    user = User.objects.create_user(username=username, password="pw-for-tests-only", is_staff=staff)
+def user_client(username: str, *codenames: str, is_staff: bool = False) -> Client:
+    """A signed-in client of a new user with the jobs permissions `codenames`."""
+    user = user_with(username, *codenames, is_staff=is_staff)
     client = Client()
     client.force_login(user)
     return client
@@ -349,21 +353,103 @@ def test_owner_receives_the_event_stream_of_their_own_job() -> None:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/api/jobs/{id}/", "/jobs/{id}/"])
-def test_staff_see_any_job(path: str) -> None:
+def test_view_all_jobs_sees_any_job(path: str) -> None:
     job = create(Client())
-    assert user_client("root", staff=True).get(path.format(id=job["id"])).status_code == 200
+    assert user_client("root", VIEW_ALL_JOBS).get(path.format(id=job["id"])).status_code == 200
 
 
 @pytest.mark.django_db
-def test_staff_get_error_detail_and_owners_do_not() -> None:
+def test_view_all_jobs_gets_error_detail_and_owners_do_not() -> None:
     owner = Client()
     job = create(owner)
     Job.objects.filter(pk=job["id"]).update(state="failed", error="It broke.", error_detail="Traceback: boom")
-    staff_view = user_client("root", staff=True).get(f"/api/jobs/{job['id']}/").json()
+    staff_view = user_client("root", VIEW_ALL_JOBS).get(f"/api/jobs/{job['id']}/").json()
     owner_view = owner.get(f"/api/jobs/{job['id']}/").json()
     assert staff_view["error_detail"] == "Traceback: boom"
     assert owner_view["error"] == "It broke."
     assert owner_view.get("error_detail") is None
+
+
+# --- rights: the permission jobs.view_all_jobs, never the is_staff flag ----------
+
+
+def failed_with_traceback(job_id: str) -> None:
+    Job.objects.filter(pk=job_id).update(state="failed", error="It broke.", error_detail="Traceback: boom")
+
+
+def with_result_file(job_id: str) -> None:
+    """The job succeeded with a small result file (as a report's) under MEDIA_ROOT."""
+    name = f"results/{job_id}/sales-report.csv"
+    target = Path(settings.MEDIA_ROOT) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("order_id\r\n1\r\n")
+    Job.objects.filter(pk=job_id).update(state="succeeded", result_file=name)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "path"), OWNER_PATHS)
+def test_a_staff_flag_alone_gets_404_on_another_visitors_job_everywhere(method: str, path: str) -> None:
+    job = create(Client())
+    with_result_file(job["id"])
+    response = request(user_client("clerk", is_staff=True), method, path.format(id=job["id"]))
+    assert response.status_code == 404
+    if path.startswith("/api/"):
+        assert "id" in errors_of(response)
+
+
+@pytest.mark.django_db
+def test_a_staff_flag_alone_lists_only_its_own_jobs() -> None:
+    create(Client())
+    clerk = user_client("clerk", is_staff=True)
+    mine = create(clerk)
+    assert [job["id"] for job in clerk.get("/api/jobs/").json()["results"]] == [mine["id"]]
+
+
+@pytest.mark.django_db
+def test_a_staff_flag_alone_gets_no_error_detail_even_of_its_own_job() -> None:
+    clerk = user_client("clerk", is_staff=True)
+    job = create(clerk)
+    failed_with_traceback(job["id"])
+    assert "error_detail" not in clerk.get(f"/api/jobs/{job['id']}/").json()
+    assert "Traceback: boom" not in clerk.get(f"/jobs/{job['id']}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_view_all_jobs_lists_every_job() -> None:
+    theirs = create(Client())
+    root = user_client("root", VIEW_ALL_JOBS)
+    mine = create(root)
+    assert {job["id"] for job in root.get("/api/jobs/").json()["results"]} == {theirs["id"], mine["id"]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_view_all_jobs_downloads_another_visitors_result_file() -> None:
+    job = create(Client())
+    with_result_file(job["id"])
+    response = user_client("root", VIEW_ALL_JOBS).get(f"/api/jobs/{job['id']}/result/")
+    assert response.status_code == 200
+    assert read_file(response) == b"order_id\r\n1\r\n"
+
+
+@pytest.mark.django_db
+def test_a_superuser_has_every_right_without_a_grant() -> None:
+    job = create(Client())
+    failed_with_traceback(job["id"])
+    client = Client()
+    client.force_login(User.objects.create_superuser("boss", password="pw-for-tests-only"))
+    assert client.get(f"/api/jobs/{job['id']}/").json()["error_detail"] == "Traceback: boom"
+
+
+@pytest.mark.django_db
+def test_the_live_view_page_is_404_for_a_staff_flag_alone_and_200_with_view_all_jobs() -> None:
+    assert user_client("clerk", is_staff=True).get("/staff/jobs/").status_code == 404
+    assert user_client("root", VIEW_ALL_JOBS).get("/staff/jobs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_header_links_the_live_view_only_with_view_all_jobs() -> None:
+    assert "/staff/jobs/" not in user_client("clerk", is_staff=True).get("/").content.decode()
+    assert "/staff/jobs/" in user_client("root", VIEW_ALL_JOBS).get("/").content.decode()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -33,6 +33,7 @@ from jobs.services import job_submit
 from notifications import socket_quota
 from notifications.consumers import CLOSE_NORMAL, CLOSE_OVER_QUOTA
 from notifications.socket_quota import socket_slots_key
+from tests.accounts import BYPASS_QUOTAS, VIEW_ALL_JOBS, user_with
 from tests.conftest import LiveServer
 from tests.waiting import async_wait_until
 
@@ -52,9 +53,9 @@ def create(client: Client) -> dict[str, Any]:
     return job
 
 
-def user_client(username: str, *, staff: bool = False) -> Client:
+def user_client(username: str, *codenames: str, is_staff: bool = False) -> Client:
     client = Client()
-    client.force_login(User.objects.create_user(username, password="pw-for-tests-only", is_staff=staff))
+    client.force_login(user_with(username, *codenames, is_staff=is_staff))
     return client
 
 
@@ -135,10 +136,26 @@ def test_a_users_sessions_share_one_quota() -> None:
 
 @pytest.mark.django_db
 @override_settings(JOB_QUOTA_ACTIVE=1, JOB_QUOTA_PER_MINUTE=1)
-def test_staff_are_exempt() -> None:
-    staff = user_client("root", staff=True)
+def test_bypass_quotas_is_exempt() -> None:
+    staff = user_client("root", BYPASS_QUOTAS)
     for _ in range(3):
         create(staff)
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_ACTIVE=1, JOB_QUOTA_PER_MINUTE=0)
+def test_a_staff_flag_alone_is_held_to_the_quotas() -> None:
+    clerk = user_client("clerk", is_staff=True)
+    create(clerk)
+    assert_over_quota(post_job(clerk))
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_ACTIVE=1, JOB_QUOTA_PER_MINUTE=0)
+def test_view_all_jobs_alone_is_held_to_the_quotas() -> None:
+    viewer = user_client("viewer", VIEW_ALL_JOBS, is_staff=True)
+    create(viewer)
+    assert_over_quota(post_job(viewer))
 
 
 @pytest.mark.django_db
@@ -258,9 +275,9 @@ def anonymous_session() -> tuple[Owner, str]:
 
 
 @database_sync_to_async
-def user_session(username: str, *, staff: bool = False) -> str:
+def user_session(username: str, *codenames: str, is_staff: bool = False) -> str:
     client = Client()
-    client.force_login(User.objects.create_user(username, password="pw-for-tests-only", is_staff=staff))
+    client.force_login(user_with(username, *codenames, is_staff=is_staff))
     return str(client.cookies["sessionid"].value)
 
 
@@ -388,11 +405,21 @@ async def test_a_process_refreshes_the_entries_of_its_open_sockets(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_staff_sockets_are_not_counted(socket_quota_2: None, redis_client: Any) -> None:
-    key = await user_session("root", staff=True)
+async def test_bypass_quotas_sockets_are_not_counted(socket_quota_2: None, redis_client: Any) -> None:
+    key = await user_session("root", BYPASS_QUOTAS)
     sockets = [await open_socket("/ws/jobs/", key) for _ in range(4)]
 
     assert [await admitted(socket) for socket in sockets] == [True] * 4
+    for socket in sockets:
+        await socket.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_staff_flag_alone_has_its_sockets_counted(socket_quota_2: None, redis_client: Any) -> None:
+    key = await user_session("clerk", VIEW_ALL_JOBS, is_staff=True)
+    sockets = [await open_socket("/ws/jobs/", key) for _ in range(3)]
+
+    assert sorted([await admitted(socket) for socket in sockets]) == [False, True, True]  # any two of the three
     for socket in sockets:
         await socket.disconnect()
 

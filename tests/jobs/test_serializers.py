@@ -14,7 +14,6 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import HttpCommunicator, WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import AsyncClient, Client
 from django.utils import timezone
@@ -32,6 +31,7 @@ from jobs.serializers import (
     job_payload,
     snapshot_frame_text,
 )
+from tests.accounts import VIEW_ALL_JOBS, user_with
 
 RECEIVE_TIMEOUT = 5.0  # seconds for the in-process app to answer
 ORIGIN = b"http://127.0.0.1"
@@ -114,12 +114,11 @@ def test_a_running_jobs_frame_text_is_the_frame_job_payload_gives(
 
 @database_sync_to_async
 def viewer_session(*, staff: bool) -> tuple[str, str]:
-    """A session key, and the token of the jobs it owns: an anonymous visitor, or staff."""
+    """A session key, and the token of the jobs it owns: an anonymous visitor, or staff
+    (a user with jobs.view_all_jobs)."""
     if staff:
         client = Client()
-        user = get_user_model().objects.create_user(
-            f"staff-{secrets.token_hex(4)}", password="pw-for-tests-only", is_staff=True
-        )
+        user = user_with(f"staff-{secrets.token_hex(4)}", VIEW_ALL_JOBS)
         client.force_login(user)
         return client.cookies[settings.SESSION_COOKIE_NAME].value, secrets.token_hex(16)
     token = secrets.token_hex(16)

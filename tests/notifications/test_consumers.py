@@ -20,7 +20,9 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
+from django.test import Client
 
 from core.asgi import application
 from jobs.models import Job, JobState
@@ -30,6 +32,7 @@ from jobs.serializers import JOB_KEYS
 from jobs.services import job_create, job_finish, job_report_progress, job_start
 from notifications.consumers import CLOSE_FLOOD, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
 from notifications.groups import job_group
+from tests.accounts import BYPASS_QUOTAS, VIEW_ALL_JOBS, user_with
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -468,4 +471,59 @@ async def test_socket_idle_for_12_seconds_still_receives_the_next_frame(owner_se
 
     frame = await receive(communicator)
     assert frame["job"]["progress"]["current"] == 5
+    await communicator.disconnect()
+
+
+# --- rights: jobs.view_all_jobs, never the is_staff flag --------------------------
+
+
+@database_sync_to_async
+def user_session(username: str, *codenames: str, is_staff: bool = True) -> str:
+    """The session key of a signed-in staff-flagged user holding the permissions `codenames`."""
+    client = Client()
+    client.force_login(user_with(username, *codenames, is_staff=is_staff))
+    return str(client.cookies[settings.SESSION_COOKIE_NAME].value)
+
+
+async def test_a_staff_flag_alone_gets_4404_on_another_owners_job_socket() -> None:
+    job = await make_job(new_owner(), state=JobState.FAILED, seq=3)
+    communicator = await connect(f"/ws/jobs/{job.id}/", await user_session("clerk"))
+    assert await close_code(communicator) == CLOSE_NOT_FOUND
+
+
+async def test_view_all_jobs_follows_another_owners_job_and_reads_its_traceback() -> None:
+    job = await make_job(new_owner())
+    communicator = await connect(f"/ws/jobs/{job.id}/", await user_session("root", VIEW_ALL_JOBS))
+    assert (await receive(communicator))["job"]["error_detail"] is None
+
+    await database_sync_to_async(job_start)(job_id=job.id, task_id="t")
+    await database_sync_to_async(job_finish)(
+        job_id=job.id, state=JobState.FAILED, error="It broke.", error_detail="Traceback: boom"
+    )
+
+    frames = [await receive(communicator) for _ in range(2)]
+    assert [frame["job"]["state"] for frame in frames] == ["running", "failed"]
+    assert await close_code(communicator) == CLOSE_NORMAL
+    # A stream's first state is read for the viewer: it carries the traceback.
+    again = await connect(f"/ws/jobs/{job.id}/", await user_session("auditor", VIEW_ALL_JOBS))
+    assert (await receive(again))["job"]["error_detail"] == "Traceback: boom"
+    assert await close_code(again) == CLOSE_NORMAL
+
+
+async def test_the_staff_socket_is_4404_for_a_staff_flag_alone() -> None:
+    communicator = await connect("/ws/staff/jobs/", await user_session("clerk", BYPASS_QUOTAS))
+    assert await close_code(communicator) == CLOSE_NOT_FOUND
+
+
+async def test_the_staff_socket_streams_every_owners_jobs_with_view_all_jobs() -> None:
+    job = await make_job(new_owner())
+    communicator = await connect("/ws/staff/jobs/", await user_session("root", VIEW_ALL_JOBS, is_staff=False))
+    snapshot = await receive(communicator)
+    assert snapshot["type"] == "snapshot"
+    assert [shown["id"] for shown in snapshot["jobs"]] == [str(job.id)]
+
+    await database_sync_to_async(job_start)(job_id=job.id, task_id="t")
+
+    frame = await receive(communicator)
+    assert (frame["type"], frame["job"]["id"], frame["job"]["state"]) == ("job", str(job.id), "running")
     await communicator.disconnect()

@@ -30,7 +30,6 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 from django.utils import timezone
 from websockets.asyncio.client import ClientConnection, connect
@@ -49,6 +48,7 @@ from jobs.models import Job, JobState
 from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import staff_group
 from notifications.publish import PUBLISH_TIMEOUT, Publisher, ShardWriter, blocking_pool, packed_by_shard
+from tests.accounts import VIEW_ALL_JOBS, user_with
 from tests.live_daphne import DaphneProcess, start_celery_worker
 from tests.processes import RestartableRedis, stop_process
 from tests.waiting import async_wait_until, wait_until
@@ -209,7 +209,7 @@ async def staff_socket() -> WebsocketCommunicator:
 @database_sync_to_async
 def staff_session() -> str:
     client = Client()
-    client.force_login(get_user_model().objects.create_user("clerk", password="pw-for-tests-only", is_staff=True))
+    client.force_login(user_with("clerk", VIEW_ALL_JOBS, is_staff=True))
     return client.cookies[settings.SESSION_COOKIE_NAME].value
 
 

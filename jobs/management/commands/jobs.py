@@ -29,7 +29,7 @@ from jobs.cli import EXIT_CODES, ProgressView, cli_owner, describe_end, follow, 
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind
 from jobs.models import Job, JobState
-from jobs.owners import Owner
+from jobs.owners import Owner, owner_of_user
 from jobs.selectors import parse_job_id
 from jobs.services import job_cancel, job_create, job_purge_finished
 
@@ -130,7 +130,7 @@ class Command(BaseCommand):
 
     def handle_cancel(self, *, job_id: str, **options: Any) -> None:
         try:
-            job = job_cancel(owner=Owner(is_staff=True), job_id=_job_id(job_id))
+            job = job_cancel(owner=Owner(views_all=True), job_id=_job_id(job_id))
         except JobNotFound as exc:
             raise CommandError(f"No job {job_id}.") from exc
         except JobAlreadyFinished as exc:
@@ -181,7 +181,7 @@ def _owner_for(username: str | None) -> Owner:
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise CommandError(f"No user {username!r}.")
-    return Owner(user_id=user.pk, is_staff=user.is_staff)
+    return owner_of_user(user)
 
 
 def _describe(age: timedelta) -> str:
