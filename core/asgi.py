@@ -6,6 +6,7 @@ anonymous token) from the session in its one database trip per handshake, so
 Channels' AuthMiddleware, a trip of its own, is left out. The web process's patches of
 Twisted, autobahn, daphne and Channels are applied before anything is served
 (core/compat/web.py): a safety patch whose upstream is out of its range stops start-up here.
+Request bodies are held to jobs/body_limits.py before daphne reads them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from core.compat import daphne as compat_daphne  # noqa: E402
 from core.compat import web as compat_web  # noqa: E402
 from core.gc_tuning import tune_after_startup  # noqa: E402
+from jobs.body_limits import request_body_limit  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
 compat_web.install()
+compat_daphne.limit_request_bodies(request_body_limit)  # bodies checked from the head (jobs/body_limits.py)
 
 application = ProtocolTypeRouter(
     {

@@ -21,8 +21,9 @@ from ninja.errors import HttpError, ValidationError
 from ninja.security import APIKeyCookie
 
 from core.api_errors import errors_body, errors_response
+from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
-from jobs.kinds import FileParam, ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
+from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
@@ -30,10 +31,6 @@ from jobs.serializers import JobPayload, job_payload
 from jobs.services import job_cancel, job_submit
 
 MAX_PAGE_SIZE = 100
-MULTIPART = "multipart/form-data"
-# What a multipart body may hold beside its largest file: the fields kind and params
-# (DATA_UPLOAD_MAX_MEMORY_SIZE, 64 KiB, caps them) and the parts' headers.
-MULTIPART_OVERHEAD = 64 * 1024
 MULTIPART_FIELDS = ("kind", "params")
 
 # --- auth ------------------------------------------------------------------------
@@ -76,16 +73,12 @@ class UploadRefused(Exception):
         self.status, self.field, self.message = status, field, message
 
 
-def _largest_file_param() -> FileParam | None:
-    return max((p for kind in kind_list() for p in kind.file_params), key=lambda p: p.limit, default=None)
-
-
 def _refuse_oversized_upload(request: HttpRequest) -> None:
     """Raises UploadRefused for a multipart body larger than any kind's file could make
     it, or without a Content-Length (which Django's parser needs)."""
     if request.method != "POST" or request.content_type != MULTIPART:
         return
-    largest = _largest_file_param()
+    largest = largest_file_param()
     if largest is None:
         return  # no kind takes a file: the view answers 415
     try:

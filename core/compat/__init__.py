@@ -11,9 +11,10 @@ in Celery processes) and by `manage.py check`:
 - safety patches (the contract or the process's survival depends on them), outside their
   range, stop start-up naming the package, its version and the range.
 
-twisted        write-through (speed), the unsent-bytes bound (safety)
+twisted        write-through (speed), the unsent-bytes bound, a request's head and body (safety)
 autobahn       plain log labels, framed once (speed)
-daphne         close code 1009, the unsent bound (safety); the protocol behind a send (speed)
+daphne         close code 1009, the unsent bound, bodies checked from the head (safety);
+               the protocol behind a send (speed)
 channels       the consumer fast path (speed)
 channels_redis jobstream's channel layer (speed)
 kombu          closed-channel guards (safety); the Redis message layout (speed)

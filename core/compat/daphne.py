@@ -1,4 +1,5 @@
-"""daphne: close code 1009, a bound on each WebSocket's unsent bytes, and its protocol behind `send`.
+"""daphne: close code 1009, a bound on each WebSocket's unsent bytes, request bodies checked
+before they are read, and its protocol behind `send`.
 
 - Close code 1009 (safety: the contract). A client frame over 4 KiB closes with 1009,
   RFC 6455's "message too big" (docs/contract.md#close-codes). daphne hands an
@@ -9,6 +10,13 @@
   connection itself (a close frame, at once); 1000 and 3000-4999 keep daphne's path.
 - The unsent bound (safety). daphne's WebSocketProtocol carries `max_unsent_bytes`, which
   the patched Twisted write enforces (core/compat/twisted.py). HTTP responses carry none.
+- Request bodies checked before they are read (safety). daphne starts the application
+  only once Twisted has the whole body (`WebRequest.process`), spooled to memory or a
+  temporary file, so every size check ran after the body was in. `WebRequest.gotLength`,
+  called once the headers are in, asks the product's limit for the method, path and
+  content type (`limit_request_bodies`): a `Content-Length` over it is answered 413 at
+  once, and `handleContentChunk` cuts a chunked body with 413 the moment it passes it.
+  The connection then drops the rest and closes (core/compat/twisted.py).
 - The protocol behind a send (speed). daphne gives each connection's application
   `functools.partial(Server.handle_reply, protocol)` as its `send`; `daphne_protocol`
   finds the protocol there, so a consumer can write a prebuilt frame to it
@@ -18,12 +26,20 @@
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from daphne.http_protocol import WebRequest
 from daphne.ws_protocol import WebSocketProtocol
+from twisted.web import http
 
 from core.compat import twisted
 from core.compat.patch import Upstream
+
+logger = logging.getLogger(__name__)
 
 # The pinned release series: written against 4.2.3, tested with it.
 UPSTREAM = Upstream("daphne", package="daphne", tested="~=4.2.3")
@@ -73,6 +89,126 @@ UNSENT_BOUND = UPSTREAM.safety(
 )
 
 
+# --- request bodies checked before they are read ------------------------------------
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """The body of a 413 answer."""
+
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most bytes a request's body may have, and its answer when it has more:
+    `refusal(declared)` gets the declared `Content-Length`, or None for a chunked body
+    cut at the limit."""
+
+    max_bytes: int
+    refusal: Callable[[int | None], TooLarge]
+
+
+# (method, path, content type without parameters, lowercase) -> the limit, or None for none
+BodyLimitFor = Callable[[str, str, str], BodyLimit | None]
+
+_body_limit_for: BodyLimitFor | None = None
+
+
+def limit_request_bodies(limit_for: BodyLimitFor) -> None:
+    """Every request daphne serves from now on is held to `limit_for`'s limit."""
+    global _body_limit_for
+    if BODY_LIMIT.apply():
+        _body_limit_for = limit_for
+
+
+def _limit_of(request: Any, line: tuple[bytes, bytes, bytes]) -> BodyLimit | None:
+    limit_for = _body_limit_for
+    if limit_for is None:
+        return None
+    method, target, _version = line
+    content_type = (request.requestHeaders.getRawHeaders(b"content-type") or [b""])[0]
+    return limit_for(
+        method.decode("ascii", "replace").upper(),
+        unquote(urlsplit(target).path.decode("ascii", "replace")),
+        content_type.split(b";", 1)[0].strip().decode("ascii", "replace").lower(),
+    )
+
+
+def _refuse(request: Any, limit: BodyLimit, declared: int | None) -> None:
+    """Answers 413 through daphne's own reply path, and drops the rest of the body."""
+    channel = request.channel
+    line = twisted.request_line(channel)
+    assert line is not None
+    request.method, request.uri, request.clientproto = line
+    request.path = line[1].split(b"?", 1)[0]
+    request.jobstream_body_refused = True
+    request.requestHeaders.removeHeader(b"expect")  # no "100 Continue" after the answer
+    if hasattr(request.client, "host") and hasattr(request.client, "port"):
+        request.client_addr = [str(request.client.host), request.client.port]
+    twisted.refuse_request_body(channel)
+    channel.persistent = False  # what follows on this connection is the refused body
+    answer = limit.refusal(declared)
+    headers = [
+        (b"content-type", answer.content_type.encode()),
+        (b"content-length", str(len(answer.body)).encode()),
+        (b"connection", b"close"),
+    ]
+    logger.info(
+        "refused the body of %s %s: %s bytes, over %d",
+        request.method.decode("ascii", "replace"),
+        request.path.decode("ascii", "replace"),
+        declared if declared is not None else "more than that in chunks",
+        limit.max_bytes,
+    )
+    request.handle_reply({"type": "http.response.start", "status": 413, "headers": headers})
+    request.handle_reply({"type": "http.response.body", "body": answer.body})
+
+
+def _install_body_limit() -> None:
+    twisted.REQUEST_BODY.apply()
+    stock_got_length = WebRequest.gotLength
+    stock_handle_content_chunk = WebRequest.handleContentChunk
+
+    def got_length(self: Any, length: int | None) -> None:
+        line = twisted.request_line(self.channel) if isinstance(self.channel, http.HTTPChannel) else None
+        limit = None if length == 0 or line is None else _limit_of(self, line)
+        if limit is not None and length is not None and length > limit.max_bytes:
+            stock_got_length(self, 0)  # an empty content file, which nothing fills
+            _refuse(self, limit, length)
+            return
+        self.jobstream_body_limit = limit
+        stock_got_length(self, length)
+
+    def handle_content_chunk(self: Any, data: bytes) -> None:
+        if self.jobstream_body_refused:
+            return
+        limit = self.jobstream_body_limit
+        if limit is not None:
+            self.jobstream_body_received += len(data)
+            if self.jobstream_body_received > limit.max_bytes:
+                _refuse(self, limit, None)
+                return
+        stock_handle_content_chunk(self, data)
+
+    WebRequest.jobstream_body_limit = None
+    WebRequest.jobstream_body_received = 0
+    WebRequest.jobstream_body_refused = False
+    WebRequest.gotLength = got_length
+    WebRequest.handleContentChunk = handle_content_chunk
+
+
+BODY_LIMIT = UPSTREAM.safety(
+    "body-limit",
+    changes="WebRequest.gotLength answers 413 from a Content-Length over the path's limit, "
+    "handleContentChunk cuts a chunked body at it",
+    why="daphne reads a request's whole body into memory or a temporary file before the application "
+    "can check its size, so one client could make the process spool any amount",
+    install=_install_body_limit,
+)
+
+
 def daphne_protocol(send: Any) -> Any | None:
     """The daphne WebSocketProtocol behind an ASGI `send`, when that send is daphne's own;
     None behind anything else (a test's communicator, another server) or with the patch off."""
@@ -91,4 +227,4 @@ PROTOCOL_BEHIND_SEND = UPSTREAM.speed(
     why="each frame then goes through daphne's reply handler and autobahn's framing, socket by socket",
 )
 
-PATCHES = (CLOSE_CODES, UNSENT_BOUND, PROTOCOL_BEHIND_SEND)
+PATCHES = (CLOSE_CODES, UNSENT_BOUND, BODY_LIMIT, PROTOCOL_BEHIND_SEND)

@@ -16,11 +16,21 @@ with `write` below, which reads the buffer state of Twisted's `FileDescriptor`
   aborted once that many bytes wait; the client reconnects to a fresh snapshot.
 
 TLS connections keep Twisted's path (the bytes go through the TLS layer first).
+
+- A request's head and body (safety), read by daphne's body limit (core/compat/daphne.py):
+  `HTTPChannel` calls `Request.gotLength` once every header is in, with the request line
+  still in the channel's `_command`, `_path` and `_version`, then hands the body to
+  `Request.handleContentChunk` piece by piece through its `_transferDecoder`.
+  `refuse_request_body` makes the channel drop every further byte of a refused body and
+  close lingering: the answer is flushed, the write side shut, what the client still
+  sends is read and dropped for LINGER_SECONDS, then the connection is aborted (a close
+  with unread bytes would reset the connection and could lose the answer).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -94,4 +104,52 @@ UNSENT_BOUND = UPSTREAM.safety(
     install=_install_write,
 )
 
-PATCHES = (UNSENT_BOUND, WRITE_THROUGH)
+# --- a request's head and body ----------------------------------------------------
+
+# Seconds a refused request's connection keeps reading (and dropping) what the client
+# still sends, so its kernel is not made to reset the connection over the answer.
+LINGER_SECONDS = 2.0
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes, bytes] | None:
+    """The method, target and version of the request whose body `channel` is receiving;
+    None once the body is complete (or for a channel that is not Twisted's HTTP/1.x)."""
+    try:
+        return channel._command, channel._path, channel._version
+    except AttributeError:
+        return None
+
+
+def _drop(data: bytes = b"") -> None:
+    """Takes bytes of a refused body and keeps none of them."""
+
+
+def refuse_request_body(channel: Any) -> None:
+    """Every further byte the channel receives is dropped, and its close lingers."""
+    decoder = channel._transferDecoder
+    if decoder is not None:  # still in its dataReceived loop: the rest of that read goes nowhere
+        decoder.dataCallback = decoder.finishCallback = _drop
+    channel.dataReceived = channel.rawDataReceived = _drop  # each later read, and the rest of this one
+    channel.loseConnection = lambda: _close_lingering(channel)  # what requestDone calls on a closing connection
+
+
+def _close_lingering(channel: Any) -> None:
+    transport = channel.transport
+    if transport is None:
+        return
+    lose_write: Callable[[], None] | None = getattr(transport, "loseWriteConnection", None)
+    if lose_write is None:
+        transport.loseConnection()
+        return
+    lose_write()  # FIN once the answer is flushed; reading goes on
+    channel.callLater(LINGER_SECONDS, transport.abortConnection)
+
+
+REQUEST_BODY = UPSTREAM.safety(
+    "request-body",
+    changes="a refused request's HTTPChannel drops its body (transfer decoder callbacks, dataReceived) and "
+    "closes lingering; the request line is read from the channel at gotLength",
+    why="without it a request body is spooled whole before any size check can refuse it",
+)
+
+PATCHES = (UNSENT_BOUND, WRITE_THROUGH, REQUEST_BODY)

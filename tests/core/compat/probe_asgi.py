@@ -1,7 +1,8 @@
 """An ASGI application for the canary tests: daphne serves it as it serves core.asgi, with
 the web process's patches applied, and each socket reports what the patches found in the
 real daphne (tests/core/compat/test_daphne.py). A socket's first client frame is a text to
-write straight to it; the next one, a close code to close with."""
+write straight to it; the next one, a close code to close with. Over HTTP, bodies sent to
+LIMITED_PATH are held to LIMITED_BYTES and answered with the length the application got."""
 
 from __future__ import annotations
 
@@ -15,16 +16,34 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 django.setup()
 
 from core.compat import autobahn, twisted, web  # noqa: E402
-from core.compat.daphne import daphne_protocol  # noqa: E402
+from core.compat.daphne import BodyLimit, TooLarge, daphne_protocol, limit_request_bodies  # noqa: E402
+
+LIMITED_PATH = "/limited/"
+LIMITED_BYTES = 100_000
+
+
+def body_limit(method: str, path: str, content_type: str) -> BodyLimit | None:
+    if path != LIMITED_PATH:
+        return None
+    return BodyLimit(LIMITED_BYTES, lambda declared: TooLarge("text/plain", f"over, declared {declared}".encode()))
+
 
 web.install()
+limit_request_bodies(body_limit)
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http":
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"probe"})
+        received = 0
+        while True:
+            message = await receive()
+            received += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = str(received).encode() if received else b"probe"
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
         return
     if scope["type"] != "websocket":
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import os
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from daphne import http_protocol
+from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.utils import timezone
@@ -30,6 +33,7 @@ from jobs.models import Job, JobState
 from jobs.progress import ProgressUpdate
 from jobs.services import RunningJob, job_finish
 from tests.conftest import ROOT
+from tests.core.compat.probe_asgi import LIMITED_BYTES, LIMITED_PATH
 from tests.core.compat.upstream import changed_sources
 from tests.live_daphne import DaphneProcess, session_owner_token
 from tests.processes import stop_process
@@ -43,11 +47,20 @@ WRITTEN = "a frame written straight to the socket, é"  # multi-byte UTF-8 on pu
 UPSTREAM = {
     "WebSocketProtocol.serverClose": (WebSocketProtocol.serverClose, "8302150efac698d6"),
     "Server.create_application": (Server.create_application, "f1e300b4ecf636c8"),
+    # The body limit answers through the reply path and finish, before process() runs.
+    "WebRequest.handle_reply": (WebRequest.handle_reply, "3e14b239c2602d95"),
+    "WebRequest.finish": (WebRequest.finish, "7e03ef03e35b5b66"),
+    "WebRequest.process": (WebRequest.process, "e9babd1c97ce710b"),
 }
 
 
 def test_the_daphne_code_the_patches_rely_on_is_as_they_were_written_against() -> None:
     assert not changed_sources(UPSTREAM), "re-read core/compat/daphne.py against this daphne"
+
+
+def test_daphnes_request_leaves_the_body_hooks_to_twisted() -> None:
+    source = inspect.getsource(http_protocol)  # the patch replaces them on WebRequest; daphne defines neither
+    assert "def gotLength" not in source and "def handleContentChunk" not in source
 
 
 # --- canaries: the patches in a real daphne ------------------------------------------------
@@ -113,6 +126,78 @@ async def test_a_real_daphne_closes_with_the_code_the_application_gives(probe_da
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(socket_.recv(), FRAME_TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
+# --- the body limit in a real daphne (the probe holds LIMITED_PATH to LIMITED_BYTES) ------
+
+BODY_TIMEOUT = 5.0  # seconds for an answer about a body
+
+
+def probe_address(probe_daphne: str) -> tuple[str, int]:
+    host, port = probe_daphne.removeprefix("ws://").rstrip("/").split(":")
+    return host, int(port)
+
+
+def http_exchange(probe_daphne: str, request: bytes, *, body_chunks: tuple[bytes, ...] = ()) -> bytes:
+    """Sends a request (and body pieces), returns what daphne sent until it closed or went quiet."""
+    with socket.create_connection(probe_address(probe_daphne)) as sock:
+        sock.sendall(request)
+        for piece in body_chunks:
+            sock.sendall(piece)
+        sock.settimeout(BODY_TIMEOUT)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if b"\r\n\r\n" in received and received.count(b"HTTP/1.1 ") >= 2:
+                    break
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+def head(path: str, length: str, *, close: bool = False) -> bytes:
+    connection = "Connection: close\r\n" if close else ""
+    return f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}{length}\r\n\r\n".encode()
+
+
+def chunked(body: bytes, piece: int = 8192) -> tuple[bytes, ...]:
+    slices = [body[i : i + piece] for i in range(0, len(body), piece)]
+    pieces = tuple(b"%x\r\n%s\r\n" % (len(part), part) for part in slices)
+    return (*pieces, b"0\r\n\r\n")
+
+
+def test_a_real_daphne_refuses_a_declared_length_over_the_limit_before_any_body(probe_daphne: str) -> None:
+    started = time.monotonic()
+    answer = http_exchange(probe_daphne, head(LIMITED_PATH, f"Content-Length: {LIMITED_BYTES + 1}"))
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert answer.endswith(f"over, declared {LIMITED_BYTES + 1}".encode())
+    assert time.monotonic() - started < BODY_TIMEOUT  # it closed: no wait for the body
+
+
+def test_a_real_daphne_passes_bodies_within_the_limit_and_keeps_the_connection(probe_daphne: str) -> None:
+    # A body at the limit, declared, then one chunked on the same connection.
+    body = b"b" * LIMITED_BYTES
+    second = head(LIMITED_PATH, "Transfer-Encoding: chunked")
+    answer = http_exchange(
+        probe_daphne, head(LIMITED_PATH, f"Content-Length: {len(body)}") + body + second, body_chunks=chunked(body)
+    )
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer
+    assert answer.count(str(LIMITED_BYTES).encode()) == 2
+
+
+def test_a_real_daphne_cuts_a_chunked_body_at_the_limit(probe_daphne: str) -> None:
+    answer = http_exchange(
+        probe_daphne, head(LIMITED_PATH, "Transfer-Encoding: chunked"), body_chunks=chunked(b"c" * 2 * LIMITED_BYTES)
+    )
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert answer.endswith(b"over, declared None")
+
+
+def test_a_real_daphne_leaves_paths_without_a_limit_alone(probe_daphne: str) -> None:
+    body = b"u" * 2 * LIMITED_BYTES
+    answer = http_exchange(probe_daphne, head("/free/", f"Content-Length: {len(body)}", close=True) + body)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(str(len(body)).encode()), answer
 
 
 def test_the_daphne_patches_are_active_with_the_pinned_version() -> None:

@@ -17,6 +17,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.web import http
 
 from core.compat import daphne, twisted
 from tests.core.compat.upstream import changed_sources
@@ -28,6 +29,23 @@ UPSTREAM = {
     "FileDescriptor.write": (FileDescriptor.write, "3e46c97fc173bc7e"),
     "FileDescriptor.doWrite": (FileDescriptor.doWrite, "a986d7b1b1054e43"),
     "tcp.Connection.writeSomeData": (tcp.Connection.writeSomeData, "2dd0d4209260b94e"),
+}
+
+# The HTTP/1.x request parsing the body limit hooks into (core/compat/twisted.py
+# `request_line`, `refuse_request_body`; core/compat/daphne.py `BODY_LIMIT`): gotLength after
+# every header and the persistence decision, the request line on the channel until the
+# body is complete, the body through the transfer decoder's callbacks, and a connection
+# that is not persistent closed through loseConnection once the answer is done.
+REQUEST_BODY_UPSTREAM = {
+    "HTTPChannel.lineReceived": (http.HTTPChannel.lineReceived, "b77ec6f21116e827"),
+    "HTTPChannel.allHeadersReceived": (http.HTTPChannel.allHeadersReceived, "979a9a8410f41ad9"),
+    "HTTPChannel._maybeChooseTransferDecoder": (http.HTTPChannel._maybeChooseTransferDecoder, "3b92d266a3c7bd2c"),
+    "HTTPChannel.allContentReceived": (http.HTTPChannel.allContentReceived, "9f7c990696871a92"),
+    "HTTPChannel.requestDone": (http.HTTPChannel.requestDone, "a75a186c66f7d38d"),
+    "Request.gotLength": (http.Request.gotLength, "1c389b99da50b0ae"),
+    "Request.handleContentChunk": (http.Request.handleContentChunk, "6e942756afb787b4"),
+    "_IdentityTransferDecoder.dataReceived": (http._IdentityTransferDecoder.dataReceived, "177b7cf3be44dbf4"),
+    "_ChunkedTransferDecoder.__init__": (http._ChunkedTransferDecoder.__init__, "33d2107fa07649a2"),
 }
 
 
@@ -179,3 +197,7 @@ def test_the_patches_are_active_and_tcp_connections_write_through_them() -> None
 
 def test_the_twisted_code_the_patch_relies_on_is_as_it_was_written_against() -> None:
     assert not changed_sources(UPSTREAM), "re-read core/compat/twisted.py against this Twisted"
+
+
+def test_the_twisted_request_parsing_the_body_limit_relies_on_is_as_it_was_written_against() -> None:
+    assert not changed_sources(REQUEST_BODY_UPSTREAM), "re-read the request-body part of core/compat/twisted.py"
