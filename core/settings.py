@@ -147,6 +147,11 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media")))
 WHITENOISE_USE_FINDERS = env_bool("WHITENOISE_USE_FINDERS", DEBUG)
 WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "/media/"  # never served directly: results go through the owner check
+# The proxy's internal location serving MEDIA_ROOT (e.g. /_results/): a result download,
+# once its owner is checked, is handed to it (X-Accel-Redirect); empty, daphne streams it.
+RESULT_ACCEL_REDIRECT = os.environ.get("RESULT_ACCEL_REDIRECT", "")
+if RESULT_ACCEL_REDIRECT and not (RESULT_ACCEL_REDIRECT.startswith("/") and RESULT_ACCEL_REDIRECT.endswith("/")):
+    raise RuntimeError(f"RESULT_ACCEL_REDIRECT must start and end with '/' (/_results/): {RESULT_ACCEL_REDIRECT!r}.")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # a job request is small; docs/contract.md#errors: 413 past 64 KiB
 # The largest CSV a csv_import job takes (jobs/builtin_kinds.py): the web process reads
 # an upload whole to check it before a job exists, so this bounds that memory too.

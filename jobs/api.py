@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import get_token
 from ninja import Field, NinjaAPI, Query, Schema, Status
@@ -22,6 +22,7 @@ from ninja.security import APIKeyCookie
 
 from core.api_errors import errors_body, errors_response
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
+from jobs.downloads import result_download
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.owners import Owner, owner_from_request
@@ -385,4 +386,4 @@ def get_job_result(request: HttpRequest, job_id: str) -> Any:
     path = (media_root / job.result_file.name).resolve()
     if media_root not in path.parents or not path.is_file():
         return Status(404, errors_body("result", "The result file is gone."))
-    return FileResponse(path.open("rb"), as_attachment=True, filename=path.name)
+    return result_download(path, media_root=media_root)

@@ -13,7 +13,7 @@ in Celery processes) and by `manage.py check`:
 
 twisted        write-through (speed), the unsent-bytes bound, a request's head and body (safety)
 autobahn       plain log labels, framed once (speed)
-daphne         close code 1009, the unsent bound, bodies checked from the head (safety);
+daphne         close code 1009, the unsent bound, bodies checked from the head, HTTP back-pressure (safety);
                the protocol behind a send (speed)
 channels       the consumer fast path (speed)
 channels_redis jobstream's channel layer (speed)

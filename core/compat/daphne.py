@@ -17,6 +17,16 @@ before they are read, and its protocol behind `send`.
   content type (`limit_request_bodies`): a `Content-Length` over it is answered 413 at
   once, and `handleContentChunk` cuts a chunked body with 413 the moment it passes it.
   The connection then drops the rest and closes (core/compat/twisted.py).
+- Back-pressure for HTTP responses (safety). daphne writes every body chunk an
+  application sends to Twisted at once, and Twisted buffers what the client does not
+  take: a download to a client that never reads was held in memory whole. Each
+  streaming response's request gets a push producer (`Drain`, Twisted's public
+  `registerProducer`); Twisted pauses it when the connection's buffer passes its
+  `bufferSize` (64 KiB) and resumes it once drained, and daphne's `send`
+  (`Server.handle_reply`) returns only while it is not paused. The application (Django
+  awaits each `send`) so waits for the client, and a connection holds at most about
+  one buffer and one chunk. A request registered while its channel already waits for
+  its transport (`HTTPChannel._waitingForTransport`) starts paused.
 - The protocol behind a send (speed). daphne gives each connection's application
   `functools.partial(Server.handle_reply, protocol)` as its `send`; `daphne_protocol`
   finds the protocol there, so a consumer can write a prebuilt frame to it
@@ -25,6 +35,7 @@ before they are read, and its protocol behind `send`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Callable
@@ -33,6 +44,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from daphne.http_protocol import WebRequest
+from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web import http
 
@@ -209,6 +221,77 @@ BODY_LIMIT = UPSTREAM.safety(
 )
 
 
+# --- back-pressure for HTTP responses ------------------------------------------------
+
+
+class Drain:
+    """A streaming response's push producer (Twisted's IPushProducer): paused by Twisted
+    while the connection's buffer is full, and what daphne's send waits on."""
+
+    def __init__(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._flowing.is_set()
+
+    def pauseProducing(self) -> None:
+        self._flowing.clear()
+
+    def resumeProducing(self) -> None:
+        self._flowing.set()
+
+    def stopProducing(self) -> None:
+        self._flowing.set()  # the connection is gone: daphne drops what comes next
+
+    async def flowing(self) -> None:
+        await self._flowing.wait()
+
+
+def _drain_of(request: Any) -> Drain | None:
+    """The request's Drain, registered on its first streamed chunk; None once it is gone."""
+    drain: Drain | None = request.jobstream_drain
+    if drain is None and request.channel is not None and not request.finished and request.producer is None:
+        drain = request.jobstream_drain = Drain()
+        if getattr(request.channel, "_waitingForTransport", False):
+            drain.pauseProducing()  # the transport already paused the channel; it resumes us when it drains
+        request.registerProducer(drain, True)
+    return drain
+
+
+def _install_back_pressure() -> None:
+    stock_handle_reply = Server.handle_reply
+
+    @functools.wraps(stock_handle_reply)
+    async def handle_reply(self: Any, protocol: Any, message: dict[str, Any]) -> None:
+        if not isinstance(protocol, WebRequest) or message.get("type") != "http.response.body":
+            await stock_handle_reply(self, protocol, message)
+            return
+        if not message.get("more_body", False):
+            drain = protocol.jobstream_drain
+            if drain is not None and protocol.producer is drain and protocol.channel is not None:
+                protocol.unregisterProducer()
+            await stock_handle_reply(self, protocol, message)
+            return
+        drain = _drain_of(protocol)
+        await stock_handle_reply(self, protocol, message)
+        if drain is not None and drain.paused:
+            await drain.flowing()
+
+    WebRequest.jobstream_drain = None
+    Server.handle_reply = handle_reply
+
+
+BACK_PRESSURE = UPSTREAM.safety(
+    "http-back-pressure",
+    changes="Server.handle_reply registers a push producer on a streaming response's request and returns "
+    "only while Twisted has not paused it",
+    why="a response to a client that does not read would be buffered in daphne whole (a 49 MB result per connection)",
+    install=_install_back_pressure,
+)
+
+
 def daphne_protocol(send: Any) -> Any | None:
     """The daphne WebSocketProtocol behind an ASGI `send`, when that send is daphne's own;
     None behind anything else (a test's communicator, another server) or with the patch off."""
@@ -227,4 +310,4 @@ PROTOCOL_BEHIND_SEND = UPSTREAM.speed(
     why="each frame then goes through daphne's reply handler and autobahn's framing, socket by socket",
 )
 
-PATCHES = (CLOSE_CODES, UNSENT_BOUND, BODY_LIMIT, PROTOCOL_BEHIND_SEND)
+PATCHES = (CLOSE_CODES, UNSENT_BOUND, BODY_LIMIT, BACK_PRESSURE, PROTOCOL_BEHIND_SEND)

@@ -23,6 +23,7 @@ from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.utils import timezone
+from twisted.web import http
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
@@ -33,7 +34,13 @@ from jobs.models import Job, JobState
 from jobs.progress import ProgressUpdate
 from jobs.services import RunningJob, job_finish
 from tests.conftest import ROOT
-from tests.core.compat.probe_asgi import LIMITED_BYTES, LIMITED_PATH
+from tests.core.compat.probe_asgi import (
+    LIMITED_BYTES,
+    LIMITED_PATH,
+    STREAM_BYTES,
+    STREAM_PATH,
+    STREAMED_PATH,
+)
 from tests.core.compat.upstream import changed_sources
 from tests.live_daphne import DaphneProcess, session_owner_token
 from tests.processes import stop_process
@@ -51,6 +58,14 @@ UPSTREAM = {
     "WebRequest.handle_reply": (WebRequest.handle_reply, "3e14b239c2602d95"),
     "WebRequest.finish": (WebRequest.finish, "7e03ef03e35b5b66"),
     "WebRequest.process": (WebRequest.process, "e9babd1c97ce710b"),
+    # Back-pressure: daphne's send, and the producer path Twisted pauses and resumes through.
+    "Server.handle_reply": (inspect.unwrap(Server.handle_reply), "9d9dbaea6de0657a"),
+    "Request.registerProducer": (http.Request.registerProducer, "2be6d77997f6ae8e"),
+    "Request.unregisterProducer": (http.Request.unregisterProducer, "c0a13b6c3993e12c"),
+    "HTTPChannel.registerProducer": (http.HTTPChannel.registerProducer, "b154c18c3e856edd"),
+    "HTTPChannel.pauseProducing": (http.HTTPChannel.pauseProducing, "8fe306cf284ba8e7"),
+    "HTTPChannel.resumeProducing": (http.HTTPChannel.resumeProducing, "561ac237d3468e84"),
+    "HTTPChannel.stopProducing": (http.HTTPChannel.stopProducing, "4a69f745d6382f0a"),
 }
 
 
@@ -198,6 +213,64 @@ def test_a_real_daphne_leaves_paths_without_a_limit_alone(probe_daphne: str) -> 
     body = b"u" * 2 * LIMITED_BYTES
     answer = http_exchange(probe_daphne, head("/free/", f"Content-Length: {len(body)}", close=True) + body)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(str(len(body)).encode()), answer
+
+
+# --- back-pressure in a real daphne (the probe streams STREAM_BYTES at STREAM_PATH) --------
+
+STALL_SETTLE = 1.0  # seconds without progress after which the probe's stream counts as held
+
+
+def streamed(probe_daphne: str) -> dict[str, int]:
+    host, port = probe_address(probe_daphne)
+    counts: dict[str, int] = httpx.get(f"http://{host}:{port}{STREAMED_PATH}").json()
+    return counts
+
+
+def held_at(probe_daphne: str, *, timeout: float) -> int:
+    """The bytes the probe has sent once they stop growing for STALL_SETTLE seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = streamed(probe_daphne)["sent"], time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = streamed(probe_daphne)["sent"]
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= STALL_SETTLE:
+            return now
+    raise AssertionError(f"the probe's stream never stopped growing (at {last} bytes)")
+
+
+def test_a_real_daphne_holds_a_streaming_application_while_its_client_does_not_read(probe_daphne: str) -> None:
+    before = streamed(probe_daphne)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
+    sock.connect(probe_address(probe_daphne))
+    try:
+        sock.sendall(f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        held = held_at(probe_daphne, timeout=30) - before["sent"]
+        # The kernel's buffers, Twisted's 64 KiB and a chunk: far from the whole stream.
+        assert held < STREAM_BYTES // 4, f"the application sent {held} bytes to a client that reads nothing"
+        received = 0
+        sock.settimeout(BODY_TIMEOUT)
+        while received < STREAM_BYTES:  # reading lets it go on, to the end
+            chunk = sock.recv(1 << 20)
+            assert chunk, "daphne closed the stream"
+            received += len(chunk)
+    finally:
+        sock.close()
+    assert wait_until(lambda: streamed(probe_daphne)["finished"] == before["finished"] + 1, timeout=BODY_TIMEOUT)
+
+
+def test_a_real_daphne_lets_a_held_application_go_when_its_client_leaves(probe_daphne: str) -> None:
+    before = streamed(probe_daphne)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
+    sock.connect(probe_address(probe_daphne))
+    sock.sendall(f"GET {STREAM_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    held_at(probe_daphne, timeout=30)
+    sock.close()
+    # Its sends return once the connection is gone, so the application is not stuck forever.
+    assert wait_until(lambda: streamed(probe_daphne)["finished"] == before["finished"] + 1, timeout=BODY_TIMEOUT)
 
 
 def test_the_daphne_patches_are_active_with_the_pinned_version() -> None:
