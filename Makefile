@@ -21,7 +21,9 @@ install-dev: $(VENV)/.installed-dev
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-## run: virtualenv, pinned install, migrate, a Redis, then web + worker + Flower
+## run: virtualenv, pinned install, migrate, a Redis, then web + worker + Flower; for
+## development, so DEBUG is on (the settings default to off) unless the shell sets it
+run: export DEBUG ?= true
 run: migrate
 	$(PY) -m core.devstack
 
@@ -71,7 +73,7 @@ pytest-pg: install-dev
 	fi
 
 docker-smoke: install-dev
-	$(VENV)/bin/pytest -o addopts="" -p celery tests/docker -m docker -ra
+	$(VENV)/bin/pytest -o addopts="" -p tests.environment -p celery tests/docker -m docker -ra
 
 clean:
 	rm -rf $(VENV) var staticfiles .mypy_cache .ruff_cache .pytest_cache

@@ -44,6 +44,7 @@ def main() -> int:
     web_port = env.setdefault("WEB_PORT", "8000")
     flower_port = env.setdefault("FLOWER_PORT", "5555")
     env["REDIS_URL"] = redis_url
+    env.setdefault("DEBUG", "true")  # development; the settings default to off (and then need SECRET_KEY)
     env.setdefault("CELERY_WORKER_POOL", "prefork")
     env.setdefault("CELERY_WORKER_CONCURRENCY", "4")
     flower_auth = env.setdefault("FLOWER_BASIC_AUTH", DEV_FLOWER_BASIC_AUTH)

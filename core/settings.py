@@ -1,7 +1,8 @@
 """jobstream settings, grouped in blocks and read from the environment.
 
-Every value has a safe development default (SQLite, the local Redis), so a fresh
-checkout runs with no configuration; production sets the variables in the README.
+Defaults fail closed: DEBUG is off unless set (`make run` sets it for development), and
+outside DEBUG start-up stops without a SECRET_KEY. The rest defaults to SQLite and the
+local Redis; production sets the variables in the README.
 """
 
 from __future__ import annotations
@@ -35,11 +36,14 @@ def env_list(name: str, default: str) -> list[str]:
 
 # --- Core ------------------------------------------------------------------------
 
-DEBUG = env_bool("DEBUG", True)
+DEBUG = env_bool("DEBUG", False)  # off unless set: a forgotten variable must not serve tracebacks
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is false.")
+        raise RuntimeError(
+            "SECRET_KEY must be set when DEBUG is false. DEBUG is false unless set; "
+            "for development run `make run` (it sets DEBUG=true) or set DEBUG=true yourself."
+        )
     SECRET_KEY = "dev-only-insecure-key-change-me-0123456789-abcdefghijklmnopqrstuvwxyz"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")

@@ -21,6 +21,7 @@ import pytest
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from core.redis_local import RedisProcess, free_port, start_redis
+from tests.environment import TEST_SECRET_KEY
 from tests.processes import stop_process
 from tests.waiting import wait_until
 
@@ -169,7 +170,7 @@ def live_server_env(redis_server: RedisProcess, media_root: Path, django_db_setu
         "REDIS_URL": redis_server.url,
         "MEDIA_ROOT": str(media_root),
         "DEBUG": "false",
-        "SECRET_KEY": "jobstream-tests-secret-key-not-for-production-0123456789",
+        "SECRET_KEY": TEST_SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SESSION_COOKIE_SECURE": "false",
         "CSRF_COOKIE_SECURE": "false",

@@ -7,6 +7,7 @@ too, and hadolint, when installed, lints the Dockerfile.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,13 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 APP_SERVICES = ("migrate", "web", "worker", "beat", "flower")
 LONG_RUNNING_APP_SERVICES = ("web", "worker", "beat", "flower")
 CLIENT_TIMEOUT = 60  # seconds; `config` parses locally, it never talks to an engine
+# The settings compose has no default for: it refuses to start until each is set.
+REQUIRED_SETTINGS = ("SECRET_KEY", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+REQUIRED_EXAMPLE = {
+    "SECRET_KEY": "compose-test-u8Xq2Lm9Rv4Tn7Wp3Yb6Hd1Fg5Jc0SeUaIoEwRtQyZxCvBnMk",
+    "REDIS_PASSWORD": "composeTestRedisPassword42",
+    "FLOWER_BASIC_AUTH": "ops:compose-test-flower",
+}
 
 
 # --- reading the files -----------------------------------------------------------
@@ -230,7 +238,19 @@ def test_flower_serves_under_the_flower_prefix_behind_basic_auth() -> None:
     assert "--basic_auth=" in command
     assert "--port=5555" in command
     assert "FLOWER_BASIC_AUTH" in environment_of("flower")
-    assert "5555:5555" in [str(port) for port in service("flower")["ports"]]
+
+
+def test_flower_is_published_on_loopback_only_and_only_with_credentials_set() -> None:
+    # Anyone who reaches Flower can cancel the worker's consumer or shut it down.
+    assert [str(port) for port in service("flower")["ports"]] == ["127.0.0.1:5555:5555"]
+    assert environment_of("flower")["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_redis_requires_the_password_and_its_healthcheck_sends_it() -> None:
+    assert '--requirepass "$${REDIS_PASSWORD}"' in command_of("redis")
+    environment = environment_of("redis")
+    assert environment["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert environment["REDISCLI_AUTH"] == environment["REDIS_PASSWORD"]  # what redis-cli ping authenticates with
 
 
 # --- settings and shared files ---------------------------------------------------
@@ -243,8 +263,13 @@ def test_app_service_gets_its_settings_from_the_environment(name: str) -> None:
         environment
     )
     assert "@postgres:5432/" in environment["DATABASE_URL"]
-    assert environment["REDIS_URL"].startswith("redis://redis:6379/")
+    assert environment["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    assert environment["REDIS_URL"].endswith("@redis:6379/0")
+    assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?"), "no default key: a public one would pass every check"
     assert environment["DEBUG"] in {"false", "${DEBUG:-false}"}
+    assert not any(key.startswith(("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")) for key in environment), (
+        "the broker and results follow REDIS_URL, password included"
+    )
 
 
 def test_web_serves_the_result_files_workers_write() -> None:
@@ -310,20 +335,52 @@ def compose_client() -> list[str] | None:
     return [legacy] if legacy else None
 
 
-def test_compose_client_accepts_the_file() -> None:
+def compose_config(settings: dict[str, str], *, quiet: bool = False) -> subprocess.CompletedProcess[str]:
+    """`config` with these variables alone: no setting from this shell (the suite's own
+    DEBUG=true, say) slips into the file's defaults."""
     client = compose_client()
     if client is None:
         pytest.fail(
             "no Compose client (docker-compose, or docker compose): `make test` installs docker-compose", pytrace=False
         )
-    result = subprocess.run(
-        [*client, "-f", str(COMPOSE_FILE), "config", "-q"],
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "DOCKER_CONFIG") if name in os.environ}
+    return subprocess.run(
+        [*client, "-f", str(COMPOSE_FILE), "config", *(["-q"] if quiet else [])],
         cwd=ROOT,
+        env={**env, **settings},
         capture_output=True,
         text=True,
         timeout=CLIENT_TIMEOUT,
     )
-    assert result.returncode == 0, f"{' '.join(client)} config rejected docker-compose.yml:\n{result.stderr}"
+
+
+def resolved_environment(name: str, settings: dict[str, str]) -> dict[str, str]:
+    """A service's environment as Compose hands it to the container."""
+    result = compose_config(settings)
+    assert result.returncode == 0, result.stderr
+    environment = yaml.safe_load(result.stdout)["services"][name]["environment"]
+    return {key: str(value) for key, value in environment.items()}
+
+
+def test_compose_client_accepts_the_file() -> None:
+    result = compose_config(REQUIRED_EXAMPLE, quiet=True)
+    assert result.returncode == 0, f"config rejected docker-compose.yml:\n{result.stderr}"
+
+
+@pytest.mark.parametrize("name", REQUIRED_SETTINGS)
+def test_compose_refuses_to_start_without_a_required_setting_naming_it(name: str) -> None:
+    result = compose_config({key: value for key, value in REQUIRED_EXAMPLE.items() if key != name}, quiet=True)
+    assert result.returncode != 0
+    assert f"set {name}" in result.stderr
+
+
+def test_every_redis_url_in_the_app_services_carries_the_password() -> None:
+    password = REQUIRED_EXAMPLE["REDIS_PASSWORD"]
+    for name in APP_SERVICES:
+        environment = resolved_environment(name, REQUIRED_EXAMPLE)
+        urls = [value for key, value in environment.items() if value.startswith("redis://")]
+        assert urls, f"{name} has no Redis URL"
+        assert all(url.startswith(f"redis://:{password}@redis:6379/") for url in urls), (name, urls)
 
 
 def hadolint() -> str | None:

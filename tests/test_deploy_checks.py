@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from django.test import Client
+
+from tests.test_compose import REQUIRED_EXAMPLE, resolved_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +61,20 @@ def test_check_deploy_is_clean_with_production_settings() -> None:
     assert "System check identified no issues (2 silenced)." in result.stdout
 
 
+def test_check_deploy_with_the_compose_settings_warns_only_of_the_plain_http_cookies() -> None:
+    # docker-compose.yml's ports speak plain HTTP, so its cookies cannot be Secure (it says
+    # so); every other deploy check must pass with exactly what Compose hands the web container.
+    compose_env = resolved_environment("web", REQUIRED_EXAMPLE)
+    env = {name: value for name, value in os.environ.items() if name not in CLEARED}
+
+    result = check_deploy({**env, **compose_env})
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert set(re.findall(r"\((\w+\.[WE]\d+)\)", output)) == {"security.W012", "security.W016"}, output
+    assert "System check identified 2 issues (2 silenced)." in output
+
+
 def test_check_deploy_is_clean_when_django_itself_redirects_and_sends_hsts() -> None:
     env = production(
         SECURE_SSL_REDIRECT="true",
@@ -96,6 +113,62 @@ def test_settings_refuse_to_start_without_secret_key_when_debug_is_false() -> No
 
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is false." in result.stderr
+
+
+def test_settings_refuse_to_start_without_secret_key_when_debug_is_not_set() -> None:
+    # DEBUG defaults to off: an environment that forgets both gets no development key.
+    env = production()
+    del env["SECRET_KEY"], env["DEBUG"]
+
+    result = check_deploy(env)
+
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is false." in result.stderr
+    assert "make run" in result.stderr  # and how to get a development set-up instead
+
+
+SERVER_ERROR_SCRIPT = """
+import json, django
+django.setup()
+from django.test import Client
+response = Client(raise_request_exception=False).get("/api/jobs/")
+print(json.dumps({"status": response.status_code, "body": response.content.decode(errors="replace")}))
+"""
+
+
+@pytest.mark.parametrize(("debug", "shows_traceback"), [(None, False), ("true", True)])
+def test_a_server_error_in_the_api_shows_a_traceback_only_under_debug(
+    debug: str | None, shows_traceback: bool, tmp_path: Path
+) -> None:
+    # A real failure: the database file cannot open. Under DEBUG django-ninja answers the
+    # traceback as the body; the default (DEBUG unset) must not.
+    env = {**production(), "DJANGO_SETTINGS_MODULE": "core.settings", "ALLOWED_HOSTS": "testserver"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'no-such-directory' / 'db.sqlite3'}"
+    del env["DEBUG"]
+    if debug is not None:
+        env["DEBUG"] = debug
+
+    result = subprocess.run(
+        [sys.executable, "-c", SERVER_ERROR_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["status"] == 500
+    leaked = ("Traceback" in answer["body"], "OperationalError" in answer["body"])
+    assert leaked == (shows_traceback, shows_traceback), answer["body"][:500]
+
+
+def test_debug_is_off_unless_set() -> None:
+    script = "import json, django; django.setup(); from django.conf import settings; print(json.dumps(settings.DEBUG))"
+    env = {**production(), "DJANGO_SETTINGS_MODULE": "core.settings"}
+    del env["DEBUG"]
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+
+    assert json.loads(result.stdout) is False
 
 
 @pytest.mark.parametrize(

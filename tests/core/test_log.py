@@ -173,7 +173,7 @@ def test_settings_put_the_filter_on_the_console_handler() -> None:
 
 
 def test_an_unknown_log_format_stops_start_up_naming_it() -> None:
-    env = {"LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"}
+    env = {"LOG_FORMAT": "xml", "DEBUG": "true", "PATH": "/usr/bin:/bin"}  # DEBUG: no SECRET_KEY needed
     result = subprocess.run(
         [sys.executable, "-c", "import core.settings"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )

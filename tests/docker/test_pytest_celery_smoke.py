@@ -3,7 +3,7 @@ a Celery worker, each in its own container, run tasks sent from this process.
 
 It runs in its own pytest call, with the plugin that the main run turns off:
 
-    .venv/bin/pytest -o addopts="" -p celery tests/docker -m docker -ra    # make docker-smoke
+    .venv/bin/pytest -o addopts="" -p tests.environment -p celery tests/docker -m docker -ra    # make docker-smoke
 
 Without the plugin (the main run) it is skipped before any fixture is looked up; without
 a Docker engine answering `docker info` it is skipped before any container is started.
@@ -31,7 +31,7 @@ pytestmark = [
     # A string condition is evaluated at setup, with `config` in scope.
     pytest.mark.skipif(
         "not config.pluginmanager.has_plugin('celery')",
-        reason='the pytest-celery plugin is off; run: pytest -o addopts="" -p celery tests/docker -m docker',
+        reason="the pytest-celery plugin is off; run: make docker-smoke",
     ),
 ]
 
