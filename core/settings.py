@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
-from jobs.task_names import PURGE_FINISHED_TASK, SWEEP_TASK
+from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -264,6 +264,11 @@ CELERY_BEAT_SCHEDULE = {
     PURGE_FINISHED_TASK: {  # retention (JOB_RETENTION_DAYS): once a day, at a quiet hour
         "task": PURGE_FINISHED_TASK,
         "schedule": crontab(hour=3, minute=17),
+        "options": {"expires": 60 * 60},
+    },
+    CLEAR_SESSIONS_TASK: {  # expired sessions (Django never deletes them itself): once a day
+        "task": CLEAR_SESSIONS_TASK,
+        "schedule": crontab(hour=3, minute=47),
         "options": {"expires": 60 * 60},
     },
 }

@@ -38,7 +38,8 @@ MULTIPART_FIELDS = ("kind", "params")
 
 
 class SessionOwnerAuth(APIKeyCookie):
-    """Every visitor is an owner: a user, or an anonymous session (created on first sight)."""
+    """Every visitor is an owner: a user, or an anonymous session (created only by a
+    request that creates a job: `_submit`)."""
 
     param_name = settings.SESSION_COOKIE_NAME
 
@@ -309,6 +310,8 @@ def _submit(
     files: dict[str, Any] | None = None,
 ) -> Status[JobOrErrors]:
     owner = _owner(request)
+    if owner.user_id is None and not owner.token:
+        owner = owner_from_request(request, create=True)  # a first job: the anonymous session starts here
     try:
         job = job_submit(owner=owner, kind=kind, params=params, files=files)
     except QuotaExceeded as exc:

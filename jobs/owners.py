@@ -54,6 +54,8 @@ class Owner:
     def jobs_filter(self) -> Q:
         if self.user_id:
             return Q(owner_user_id=self.user_id)
+        if not self.token:
+            return Q(pk__in=[])  # a visitor without a session owns nothing
         return Q(owner_token=self.token, owner_user__isnull=True)
 
     def owns(self, owner_user_id: int | None, owner_token: str) -> bool:
@@ -67,16 +69,19 @@ def owner_of_user(user: Any) -> Owner:
     return Owner(user_id=user.pk, views_all=can_view_all(user), bypasses_quotas=can_bypass_quotas(user))
 
 
-def owner_from_request(request: HttpRequest) -> Owner:
-    """The request's owner; gives an anonymous visitor a session token on first sight."""
+def owner_from_request(request: HttpRequest, *, create: bool = False) -> Owner:
+    """The request's owner. An anonymous visitor without a session token gets one (and
+    so a session) only with `create`: for `GET /` and a request that creates a job
+    (docs/contract.md); any other request leaves them an owner of nothing, with no
+    session row written."""
     user = request.user
     if user.is_authenticated:
         return owner_of_user(user)
     token = request.session.get(SESSION_OWNER_KEY)
-    if not token:
+    if not token and create:
         token = secrets.token_hex(16)
         request.session[SESSION_OWNER_KEY] = token
-    return Owner(token=token)
+    return Owner(token=token or None)
 
 
 def owner_from_scope(scope: dict[str, Any]) -> Owner | None:

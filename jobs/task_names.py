@@ -11,3 +11,4 @@ from __future__ import annotations
 RUN_JOB_TASK = "jobs.run_job"  # runs one job; its task id is the job's id
 SWEEP_TASK = "jobs.sweep"  # lost workers, jobs never sent, messages the broker lost
 PURGE_FINISHED_TASK = "jobs.purge_finished"  # retention
+CLEAR_SESSIONS_TASK = "jobs.clear_sessions"  # expired sessions, as `manage.py clearsessions`

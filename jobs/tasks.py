@@ -1,4 +1,5 @@
-"""The Celery tasks: run a job, sweep for lost ones, purge old ones. All the work is in jobs.services."""
+"""The Celery tasks: run a job, sweep for lost ones, purge old ones, clear expired sessions.
+All the jobs' work is in jobs.services."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.core.management import call_command
 
 from jobs.services import (
     job_purge_finished,
@@ -17,7 +19,7 @@ from jobs.services import (
     job_run,
     job_sweep_stale,
 )
-from jobs.task_names import PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
+from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +57,10 @@ def purge_finished() -> dict[str, int]:
         return {"jobs": 0, "directories": 0}
     report = job_purge_finished(older_than=timedelta(days=days))
     return {"jobs": report.jobs, "directories": report.directories}
+
+
+@shared_task(name=CLEAR_SESSIONS_TASK, ignore_result=True)
+def clear_sessions() -> None:
+    """Run by Celery beat once a day: deletes expired sessions, as `manage.py clearsessions`
+    does (Django leaves them in the table otherwise)."""
+    call_command("clearsessions")

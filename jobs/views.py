@@ -19,7 +19,7 @@ from jobs.services import job_submit
 
 @ensure_csrf_cookie
 def index(request: HttpRequest) -> HttpResponse:
-    owner = owner_from_request(request)  # the first visit creates the anonymous owner
+    owner = owner_from_request(request, create=True)  # the first visit (or a job posted) creates the anonymous owner
     kind_form = KindForm(request.POST or None)
     posted = request.method == "POST"
     forms = {

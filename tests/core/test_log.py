@@ -189,7 +189,7 @@ def test_celery_task_names_are_the_friendly_ones() -> None:
 
     app.loader.import_default_modules()
     names = {name for name in app.tasks if not name.startswith("celery.")}
-    assert {"jobs.run_job", "jobs.sweep", "jobs.purge_finished"} <= names
+    assert {"jobs.run_job", "jobs.sweep", "jobs.purge_finished", "jobs.clear_sessions"} <= names
     assert not any(name.startswith("jobs.tasks.") for name in names), names  # no module-path names
 
 
