@@ -131,7 +131,8 @@ SERVER_ERROR_SCRIPT = """
 import json, django
 django.setup()
 from django.test import Client
-response = Client(raise_request_exception=False).get("/api/jobs/")
+body = {"kind": "sleep", "params": {"steps": 1}}
+response = Client(raise_request_exception=False).post("/api/jobs/", body, content_type="application/json")
 print(json.dumps({"status": response.status_code, "body": response.content.decode(errors="replace")}))
 """
 
