@@ -55,6 +55,9 @@ class Job(models.Model):
     # its end only while the row still carries its attempt, so a worker declared lost
     # that comes back can never overwrite the run that replaced it.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Times the sweeper queued it again after its worker was lost; a task message carries
+    # the count it was sent with, and one sent before a requeue does nothing.
+    requeues = models.PositiveSmallIntegerField(default=0)
     # Refreshed by the worker running the job every JOB_HEARTBEAT_INTERVAL seconds; the
     # sweeper takes a running job whose heartbeat is older than JOB_STALE_AFTER as lost.
     heartbeat_at = models.DateTimeField(null=True, blank=True)

@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run_job(self: Any, job_id: str) -> None:
+def run_job(self: Any, job_id: str, requeues: int | None = None) -> None:
     # The broker flags a message it hands out again because the worker that took it
     # died before acknowledging it (reject_on_worker_lost, or the visibility timeout).
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id, redelivered=redelivered)
+    job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id, redelivered=redelivered, requeues=requeues)
 
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)

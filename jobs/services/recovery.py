@@ -86,6 +86,7 @@ def job_sweep_stale(*, now: datetime | None = None) -> StaleSweep:
             started_at=None,
             heartbeat_at=None,
             celery_task_id="",
+            requeues=F("requeues") + 1,
             updated_at=now,
             **progress_restarted(
                 f"Its worker stopped responding; waiting to run again (attempt {attempts + 1} "

@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import os
+import shutil
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -39,6 +41,8 @@ from notifications.publish import publish_frame, publisher
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR_MESSAGE = "The job stopped because of an internal error."
+RESULT_NOT_KEPT_MESSAGE = "The job's result file could not be kept."
+FINISH_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between tries of a final write: about 15 s in all
 PROGRESS_FIELDS = (
     "progress_current",
     "progress_total",
@@ -53,7 +57,7 @@ PERSIST_INTERVAL = 1.0  # seconds between writes of a running job's progress to 
 # --- start -----------------------------------------------------------------------
 
 
-def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False) -> Job | None:
+def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, requeues: int | None = None) -> Job | None:
     """queued → running, as attempt `attempts + 1`; None when the job must not run.
 
     A job still `running` when its task arrives `redelivered` (the broker's flag: the
@@ -61,11 +65,26 @@ def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False) -> 
     again from the start, or ends once JOB_MAX_ATTEMPTS runs were lost (`cancelled`
     if a cancel was asked for). A running job's task arriving again without the flag is
     a second dispatch of a job running elsewhere: not started.
+
+    `requeues` is the job's count of the sweeper's requeues when the message was sent
+    (None for a message sent before the task carried it). A message sent before the
+    sweeper queued the job again (its worker taken for lost) does nothing, whenever it
+    arrives: the message the sweeper sent runs the job, and a late redelivery of the old
+    one must not restart that run.
     """
-    seen = Job.objects.filter(pk=job_id).values_list("state", "attempts", "cancel_requested").first()
+    columns = ("state", "attempts", "cancel_requested", "requeues")
+    seen = Job.objects.filter(pk=job_id).values_list(*columns).first()
     if seen is None:
         return None
-    state, attempts, cancel_requested = seen
+    state, attempts, cancel_requested, row_requeues = seen
+    if requeues is not None and requeues != row_requeues:
+        logger.info(
+            "job %s: a message sent before the sweeper queued it again (%d of %d times) does nothing",
+            job_id,
+            requeues,
+            row_requeues,
+        )
+        return None
     now = timezone.now()
     start: dict[str, Any] = {
         "state": JobState.RUNNING,
@@ -212,11 +231,14 @@ def job_finish(
     result_file: str = "",
     error: str = "",
     error_detail: str = "",
+    before_commit: Callable[[], None] | None = None,
 ) -> Job | None:
     """running → a terminal state, with the last unsent progress in the same write.
 
     With `attempt`, only while the row still carries it: a run replaced after its
-    worker was taken for lost does not end the run that replaced it.
+    worker was taken for lost does not end the run that replaced it. `before_commit`
+    runs in the write's transaction once the row matched (the attempt's files are moved
+    into the job's there).
     """
     assert state in TERMINAL_STATES
     now = timezone.now()
@@ -232,15 +254,60 @@ def job_finish(
     if progress is not None:
         fields.update(_progress_fields(progress))
     where = None if attempt is None else Q(attempts=attempt)
-    return job_transition(job_id=job_id, from_states={JobState.RUNNING}, seq_above=seq_above, where=where, **fields)
+    return job_transition(
+        job_id=job_id,
+        from_states={JobState.RUNNING},
+        seq_above=seq_above,
+        where=where,
+        before_commit=before_commit,
+        **fields,
+    )
+
+
+def _job_finish_retrying(log_context: str, **finish: Any) -> Job | None:
+    """`job_finish`, tried again on a transient database error (a restart, a dropped
+    connection, a lock held too long): a run that ended must not be taken for lost and
+    run again because its last write failed once. The heartbeat goes on meanwhile."""
+    for delay in (*FINISH_RETRY_DELAYS, None):
+        try:
+            return job_finish(**finish)
+        except (OperationalError, InterfaceError) as exc:
+            if delay is None:
+                raise
+            logger.warning("%s: its final write failed (%r); trying again in %g s", log_context, exc, delay)
+            connection.close()  # outside any transaction: the next query opens a fresh connection
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def attempt_result_dir(job_id: uuid.UUID, attempt: int) -> Path:
+    """Where attempt `attempt` of a job writes its files; the finish moves them into the job's."""
+    return job_result_dir(job_id) / f"attempt-{attempt}"
+
+
+def job_result_dir(job_id: uuid.UUID) -> Path:
+    return Path(settings.MEDIA_ROOT) / "results" / str(job_id)
+
+
+def _files_kept(files: list[Path], *, job_id: uuid.UUID) -> list[tuple[Path, Path]]:
+    """Each file of an attempt and where the job keeps it."""
+    return [(path, job_result_dir(job_id) / path.name) for path in files]
+
+
+def _move_files(moves: list[tuple[Path, Path]]) -> None:
+    """Moves an attempt's files into the job's directory; again after a retried final
+    write, a file already moved is left where it is."""
+    for source, target in moves:
+        if source.exists() or not target.exists():
+            os.replace(source, target)
 
 
 # --- the run ---------------------------------------------------------------------
 
 
-def job_run(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False) -> Job | None:
+def job_run(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, requeues: int | None = None) -> Job | None:
     """Runs a job from start to its terminal state (the body of the Celery task)."""
-    job = job_start(job_id=job_id, task_id=task_id, redelivered=redelivered)
+    job = job_start(job_id=job_id, task_id=task_id, redelivered=redelivered, requeues=requeues)
     if job is None:
         logger.info("job %s: not started (not queued, or its run was lost once too often)", job_id)
         return None
@@ -255,14 +322,12 @@ def _job_run_started(job: Job) -> Job | None:
     job_kind = kind_get(job.kind)
     log_context = f"job {job.id} (kind {job.kind})"
     running = RunningJob(job)
-    reporter = Progress(
-        emit=running.report,
-        max_rate=settings.PROGRESS_MAX_RATE,
-        result_dir=Path(settings.MEDIA_ROOT) / "results" / str(job.id),
-    )
+    attempt_dir = attempt_result_dir(job.id, running.attempt)
+    reporter = Progress(emit=running.report, max_rate=settings.PROGRESS_MAX_RATE, result_dir=attempt_dir)
     publisher.watch_cancel(str(job.id), reporter.request_cancel)
     logger.info("%s: started", log_context)
     outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
+    moves: list[tuple[Path, Path]] = []
     try:
         if job.cancel_requested:
             raise JobCancelled()
@@ -270,7 +335,8 @@ def _job_run_started(job: Job) -> Job | None:
         json.dumps(result, allow_nan=False)  # a result must be plain JSON
         outcome["result"] = result
         if reporter.result_files:
-            outcome["result_file"] = reporter.result_files[0].relative_to(Path(settings.MEDIA_ROOT)).as_posix()
+            moves = _files_kept(reporter.result_files, job_id=job.id)
+            outcome["result_file"] = moves[0][1].relative_to(Path(settings.MEDIA_ROOT)).as_posix()
     except JobCancelled:
         outcome = {"state": JobState.CANCELLED}
     except JobError as exc:
@@ -287,9 +353,17 @@ def _job_run_started(job: Job) -> Job | None:
     # The terminal write carries the newest progress, sent or not: the row may be up to
     # PERSIST_INTERVAL behind what the last frames showed.
     progress = reporter.unsent() or running.last_update
-    finished = job_finish(
-        job_id=job.id, attempt=running.attempt, seq_above=running.job.seq, progress=progress, **outcome
-    )
+    finish = {"job_id": job.id, "attempt": running.attempt, "seq_above": running.job.seq, "progress": progress}
+    try:
+        try:
+            finished = _job_finish_retrying(
+                log_context, **finish, **outcome, before_commit=partial(_move_files, moves) if moves else None
+            )
+        except OSError:
+            logger.exception("%s: its result file could not be kept", log_context)
+            finished = _job_finish_retrying(log_context, **finish, state=JobState.FAILED, error=RESULT_NOT_KEPT_MESSAGE)
+    finally:
+        shutil.rmtree(attempt_dir, ignore_errors=True)  # what was moved is gone from it; the rest is dropped
     if finished is None:
         logger.warning(
             "%s: attempt %d was ended or replaced meanwhile; its outcome is dropped", log_context, running.attempt

@@ -86,7 +86,8 @@ def job_dispatch(*, job_id: uuid.UUID) -> bool:
         # never imports jobs.tasks, which calls it.
         app.send_task(
             RUN_JOB_TASK,
-            args=(str(job.id),),
+            # A message sent before the sweeper queues the job again does nothing (job_start).
+            args=(str(job.id), job.requeues),
             task_id=str(job.id),
             soft_time_limit=job_kind.soft_time_limit,
             time_limit=job_kind.time_limit,

@@ -18,7 +18,7 @@ Seq rules (every frame's `seq` is above every seq already published for the job)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from django.db import transaction
@@ -42,6 +42,7 @@ def job_transition(
     seq_above: int = 0,
     seq_gap: int = 1,
     where: Q | None = None,
+    before_commit: Callable[[], None] | None = None,
     **fields: Any,
 ) -> Job | None:
     """Applies `fields` and bumps `seq` if the job is in one of `from_states` (and
@@ -49,7 +50,9 @@ def job_transition(
 
     The new seq is at least `seq_gap` above the row's, and above `seq_above` (the last
     seq a running worker published). Returns the job as changed, or None when it did
-    not match. The change is published once its transaction commits.
+    not match. The change is published once its transaction commits. `before_commit`,
+    when given, runs in that transaction once the row matched; should it raise, nothing
+    is changed.
     """
     with transaction.atomic():
         seq = Greatest(F("seq") + seq_gap, Value(seq_above + 1))
@@ -59,6 +62,8 @@ def job_transition(
         updated = matching.update(seq=seq, **fields)
         if not updated:
             return None
+        if before_commit is not None:
+            before_commit()
         job = Job.objects.get(pk=job_id)
     job_publish(job=job)
     return job

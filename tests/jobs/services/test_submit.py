@@ -85,7 +85,7 @@ def test_job_dispatch_by_name_sends_the_message_the_tasks_own_apply_async_would(
     ):
         assert job_dispatch(job_id=job.id) is True
         run_job.apply_async(  # the call dispatch made before it sent by name
-            args=(str(job.id),),
+            args=(str(job.id), job.requeues),
             task_id=str(job.id),
             soft_time_limit=kind.soft_time_limit,
             time_limit=kind.time_limit,
