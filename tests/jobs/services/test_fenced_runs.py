@@ -138,7 +138,12 @@ def _break_the_database_for_a_moment() -> str:
     connection.settings_dict["OPTIONS"]["timeout"] = 0.3  # the next connection gives up fast
     holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
-    threading.Timer(0.8, lambda: (holder.execute("COMMIT"), holder.close())).start()
+
+    def let_go() -> None:
+        holder.execute("COMMIT")
+        holder.close()
+
+    threading.Timer(0.8, let_go).start()
     return "locked"
 
 
