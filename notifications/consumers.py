@@ -32,7 +32,8 @@ from jobs.serializers import JobFrame, JobPayload, error_frame_text, job_frame_t
 from jobs.services import job_cancel
 from notifications.follow import Follow, owner_follow, read_active_jobs, read_job, read_owner_jobs, staff_follow
 from notifications.groups import job_group
-from notifications.messages import LayerJobMessage
+from notifications.messages import LayerJobMessage, LayerSessionEndMessage
+from notifications.sessions import session_group_of
 from notifications.socket_db import socket_db
 from notifications.socket_quota import socket_slot_acquire, socket_slot_release
 
@@ -48,6 +49,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
 CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/socket_quota.py)
+CLOSE_SIGNED_OUT = 4401  # the socket's session signed out (notifications/sessions.py)
 
 
 class JobStreamConsumer(FastPathConsumer):
@@ -62,11 +64,14 @@ class JobStreamConsumer(FastPathConsumer):
         self.owner = None
         self.follow = None
         self.closed = False
+        self.session_group = session_group_of(self.scope.get("session"))
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
         self.send_past_session_middleware()
         self.daphne_protocol: Any = daphne_protocol(self.base_send)  # None unless daphne serves the socket
+        if self.session_group is not None:  # joined before the session is read: no sign-out falls between
+            await self.channel_layer.group_add(self.session_group, self.channel_name)
         await self.start_stream()
 
     async def start_stream(self) -> None:
@@ -89,7 +94,14 @@ class JobStreamConsumer(FastPathConsumer):
         self.closed = True
         if self.follow is not None:
             await self.follow.close()
+        if self.session_group is not None:
+            await self.channel_layer.group_discard(self.session_group, self.channel_name)
         await socket_slot_release(owner=self.owner, socket_id=self.channel_name)
+
+    async def session_end(self, message: LayerSessionEndMessage) -> None:
+        """The socket's session signed out (notifications/sessions.py)."""
+        if not self.closed:
+            await self.close(code=CLOSE_SIGNED_OUT)
 
     # --- server → client ---------------------------------------------------------
 

@@ -16,6 +16,10 @@ Two ways to take the changes:
   change (Server-Sent Events, the terminal client); a client of such a stream has no
   re-read of its own, so after a long quiet the stream may `heal()`.
 
+A pull stream may also be told to end (`ends_with`, a session's group): once the session
+signs out, `next` gives None and `ended` is true. A socket joins that group itself and
+takes the word through its own consumer's channel.
+
 A transport is a small module on top: open a Follow with the read of its first state,
 send that, then send each change (notifications/consumers.py, notifications/sse.py,
 jobs/cli.py). With a channel layer other than jobstream's (core/compat/channels_redis.py)
@@ -70,6 +74,7 @@ class Follow:
     # One per open stream, ten thousand to a daphne: no per-instance dict.
     __slots__ = (
         "_channel",
+        "_end_groups",
         "_held",
         "_joined",
         "_layer",
@@ -79,6 +84,7 @@ class Follow:
         "_reread_key",
         "_sink",
         "closed",
+        "ended",
         "groups",
         "last_seq",
     )
@@ -94,6 +100,8 @@ class Follow:
         self.groups = list(groups)
         self.last_seq: dict[str, int] = {}
         self.closed = False
+        self.ended = False
+        self._end_groups: list[str] = []
         self._reread = reread
         self._reread_key = reread_key
         self._on_resync = on_resync
@@ -121,10 +129,23 @@ class Follow:
         else:
             self._channel = await layer.new_channel()  # a consumer's own is read by Channels' loop
             self._reader = asyncio.ensure_future(self._read_channel())
-        for group in self.groups:
+        for group in [*self.groups, *self._end_groups]:
             await layer.group_add(group, self._channel)
             self._joined.append(group)
+        if fast is not None and self._end_groups and channel is None:
+            self._reader = asyncio.ensure_future(self._read_ends(fast))
         return await socket_db(read)
+
+    def ends_with(self, group: str | None) -> None:
+        """Before `open`: a word on `group` (a session's end) ends the stream (pull only)."""
+        if group is not None:
+            self._end_groups.append(group)
+
+    def end(self) -> None:
+        """The stream ends: `next` gives None from now on, at once if it is waiting."""
+        self.ended = True
+        self.stop()
+        self._hold().put_nowait(None)  # wakes a waiting `next`
 
     def stop(self) -> None:
         """No more frames for this stream (it is closing)."""
@@ -182,11 +203,13 @@ class Follow:
         """The next newer change; None when `timeout` seconds pass without one."""
         held = self._hold()
         while True:
+            if self.ended:
+                return None
             try:
                 message = await asyncio.wait_for(held.get(), timeout)
             except TimeoutError:
                 return None
-            if self.newer(message):
+            if message is not None and self.newer(message):
                 return message
 
     def __aiter__(self) -> Follow:
@@ -194,7 +217,8 @@ class Follow:
 
     async def __anext__(self) -> LayerJobMessage:
         message = await self.next()
-        assert message is not None  # no timeout: it waits for the next change
+        if message is None:  # no timeout: only an end gives None
+            raise StopAsyncIteration
         return message
 
     # --- from the layer ----------------------------------------------------------------------
@@ -228,7 +252,20 @@ class Follow:
     async def _read_channel(self) -> None:
         """With a layer that is not jobstream's: its frames, one at a time."""
         while True:
-            await self._pass_on(await self._layer.receive(self._channel))
+            message = await self._layer.receive(self._channel)
+            if message.get("type") == "session.end":
+                self.end()
+                return
+            await self._pass_on(message)
+
+    async def _read_ends(self, fast: Any) -> None:
+        """With jobstream's layer: job frames come straight to `_offer`, and any other word
+        to the stream's channel (a session's end) waits here."""
+        while True:
+            message = await fast.receive_local(self._channel)
+            if isinstance(message, dict) and message.get("type") == "session.end":
+                self.end()
+                return
 
     async def heal(self) -> None:
         """Reads what the stream shows now and passes on what is newer: for a pull stream

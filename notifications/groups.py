@@ -5,6 +5,7 @@ Channels allows ASCII letters, digits, `-`, `_` and `.` in names under 100 chara
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from typing import TYPE_CHECKING
@@ -28,6 +29,12 @@ def job_group(job_id: uuid.UUID | str) -> str:
 def owner_group(owner_key: str) -> str:
     """`owner_key` is `Owner.key` / `Job.owner_key`: `u.<id>` or `s.<token>`."""
     return _checked(f"owner.{owner_key}")
+
+
+def session_group(session_key: str) -> str:
+    """The streams opened with one session, told when it signs out. Named by a hash of
+    the key, never the key itself: group names travel through Redis and its logs."""
+    return _checked(f"session.{hashlib.sha256(session_key.encode()).hexdigest()}")
 
 
 STAFF_GROUP = "jobs.staff"  # every job's frames, for the staff live view

@@ -1,4 +1,5 @@
-"""What travels through the channel layer: a job's frame, encoded once by its publisher.
+"""What travels through the channel layer: a job's frame, encoded once by its publisher,
+and the word that a session signed out.
 
 Consumers route and filter it by `job_id`, `seq` and `terminal` and forward `text` as it
 is, so a frame is never decoded or encoded again on its way to the sockets.
@@ -15,3 +16,12 @@ class LayerJobMessage(TypedDict):
     seq: int
     terminal: bool
     text: str
+
+
+class LayerSessionEndMessage(TypedDict):
+    """A session signed out: every stream opened with it ends (a socket closes 4401)."""
+
+    type: Literal["session.end"]
+
+
+LayerMessage = LayerJobMessage | LayerSessionEndMessage

@@ -1,4 +1,5 @@
-"""The one path from a process to the channel layer: job frames, and the cancel signal.
+"""The one path from a process to the channel layer: job frames, a session's end, and the
+cancel signal.
 
 Job frames. A frame is encoded once (jobs/serializers.py) and sent to its job's, its
 owner's and the staff group. Each process keeps one connection per Redis shard of the
@@ -10,6 +11,10 @@ waits and hands writing back to the callers after its first success. A job waits
 Redis at most PUBLISH_TIMEOUT, once. Publishing never fails a job: the database keeps the
 truth and every client heals from a snapshot. With a channel layer other than jobstream's
 (core/compat/channels_redis.py), the sender thread sends each frame with `group_send`.
+
+A session's end. A sign-out (notifications/sessions.py) publishes `session.end` to the
+session's group like a job frame, through the same writer: its sockets close 4401 and its
+event streams end.
 
 The cancel signal. A cancel asked for in a web process reaches the worker running the job
 through a Redis pub/sub channel on the channel layer's first host: the web process
@@ -44,8 +49,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.compat import channels_redis as layer_compat
 from jobs.models import Job
 from jobs.serializers import job_frame_text, job_payload
-from notifications.groups import job_groups
-from notifications.messages import LayerJobMessage
+from notifications.groups import job_groups, session_group
+from notifications.messages import LayerJobMessage, LayerMessage, LayerSessionEndMessage
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ CANCEL_CHANNEL = "jobstream.cancel"  # Redis pub/sub channel of cancel requests:
 LISTENER_READY_TIMEOUT = 2.0  # seconds a job's start waits for the cancel listener to subscribe
 RECONNECT_DELAY_MAX = 5.0  # seconds between the cancel listener's attempts to reach Redis again
 
-Batch = list[tuple[list[str], LayerJobMessage]]
+Batch = list[tuple[list[str], LayerMessage]]
 
 
 # --- writing to Redis ------------------------------------------------------------------
@@ -151,7 +156,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._writers: tuple[object, list[ShardWriter]] | None = None  # (the layer, a writer per shard)
         self._cancel_shard: ShardWriter | None = None
-        self._outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[list[str], LayerMessage]] = queue.SimpleQueue()
         self._handed = 0  # frames handed to the sender thread ...
         self._settled = 0  # ... and sent (or given up on) by it
         self._settled_changed = threading.Condition()
@@ -187,8 +192,8 @@ class Publisher:
 
     # --- job frames ------------------------------------------------------------------
 
-    def send_job_frame(self, groups: list[str], message: LayerJobMessage) -> None:
-        """Sends a frame; the frames of one caller leave in the order of its calls.
+    def send_job_frame(self, groups: list[str], message: LayerMessage) -> None:
+        """Sends a frame (or a session's end); the frames of one caller leave in the order of its calls.
 
         A thread wake-up per frame costs more than the write itself, so the caller writes
         it while it can (docs/performance.md, "Long-lived publishers")."""
@@ -210,7 +215,7 @@ class Publisher:
             self._outbox.put((groups, message))
 
     def _write(
-        self, layer: layer_compat.JobStreamChannelLayer, batch: Iterable[tuple[list[str], LayerJobMessage]]
+        self, layer: layer_compat.JobStreamChannelLayer, batch: Iterable[tuple[list[str], LayerMessage]]
     ) -> None:
         writers = self._shard_writers(layer)
         frames = ((groups, dict(message)) for groups, message in batch)
@@ -231,7 +236,7 @@ class Publisher:
             threading.Thread(target=self._send_frames, args=(outbox,), name="jobstream-sender", daemon=True).start()
             self._sender_started = True
 
-    def _send_frames(self, outbox: queue.SimpleQueue[tuple[list[str], LayerJobMessage]]) -> None:
+    def _send_frames(self, outbox: queue.SimpleQueue[tuple[list[str], LayerMessage]]) -> None:
         """The sender thread: takes every frame waiting and sends them in one write.
 
         A plain thread with blocking writes: in a worker whose job threads report hundreds
@@ -357,3 +362,10 @@ def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:
     """Sends a job's new state to its job group, its owner's group and the staff group."""
     text = job_frame_text(job_payload(job, queue_position=queue_position))
     publish_frame(job_groups(job), str(job.id), job.seq, job.is_terminal, text)
+
+
+def publish_session_end(session_key: str) -> None:
+    """Tells every stream opened with this session that it signed out: its sockets
+    close 4401 and its event streams end (notifications/sessions.py calls it)."""
+    message: LayerSessionEndMessage = {"type": "session.end"}
+    publisher.send_job_frame([session_group(session_key)], message)

@@ -4,7 +4,8 @@
 terminal state (docs/contract.md#server-sent-events). A transport on the follow seam (notifications/follow.py),
 like the sockets: the job's group is joined before its state is read, only newer changes
 go out, and the job is read again after the layer was away from Redis, and after a minute
-of quiet (a client such as `curl` has no re-read of its own).
+of quiet (a client such as `curl` has no re-read of its own). It ends when its session
+signs out (notifications/sessions.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
@@ -26,6 +28,7 @@ from jobs.owners import Owner, owner_from_request
 from jobs.selectors import job_get_visible
 from jobs.serializers import payload_text
 from notifications.follow import job_follow, read_job
+from notifications.sessions import session_group_of
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job again, for a frame lost on the way
@@ -54,15 +57,19 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         )
     last_seq = int(raw_last) if raw_last else -1
     response = StreamingHttpResponse(
-        _stream(job.id, last_seq=last_seq, staff=owner.views_all), content_type="text/event-stream"
+        _stream(job.id, last_seq=last_seq, staff=owner.views_all, session=request.session),
+        content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response
 
 
-async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool) -> AsyncIterator[bytes]:
+async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any) -> AsyncIterator[bytes]:
     follow = job_follow(job_id, staff=staff)
+    # Read here, not in the view: a session new with this request has its key only once
+    # the response's headers (and the session) are saved.
+    follow.ends_with(session_group_of(session))
     try:
         payloads = await follow.open(functools.partial(read_job, job_id, staff=staff))
         if not payloads:
@@ -77,6 +84,8 @@ async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool) -> AsyncIter
         quiet = 0
         while True:
             message = await follow.next(timeout=KEEPALIVE_SECONDS)
+            if follow.ended:
+                return  # the session signed out
             if message is None:
                 quiet += 1
                 if quiet % HEAL_EVERY == 0:
