@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from django.contrib.auth import get_user
+from django.contrib.auth import get_user, get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.db.models import Q
 from django.dispatch import receiver
@@ -36,6 +36,13 @@ def can_view_all(user: Any) -> bool:
 def can_bypass_quotas(user: Any) -> bool:
     """Whether `user` may start jobs and open streams past the quotas."""
     return bool(user is not None and user.is_authenticated and user.has_perm(BYPASS_QUOTAS))
+
+
+def views_all_now(user_id: int | None) -> bool:
+    """`can_view_all` read afresh from the database (a new user object, so no cached
+    permissions): for a stream that re-checks a right it was opened with."""
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    return can_view_all(user)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ contract of the frames and close codes: docs/contract.md#websocket and #close-co
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ from core.compat.channels_redis import SharedReads
 from core.compat.daphne import daphne_protocol
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import TERMINAL_STATES
-from jobs.owners import Owner, owner_from_scope
+from jobs.owners import Owner, owner_from_scope, views_all_now
 from jobs.selectors import job_get_visible, job_queue_position, parse_job_id
 from jobs.serializers import JobFrame, JobPayload, error_frame_text, job_frame_text, job_payload, snapshot_frame_text
 from jobs.services import job_cancel
@@ -50,6 +51,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
 CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/socket_quota.py)
 CLOSE_SIGNED_OUT = 4401  # the socket's session signed out (notifications/sessions.py)
+RIGHTS_RECHECK_SECONDS = 2.5  # how often the staff feed reads its user's jobs.view_all_jobs again
 
 
 class JobStreamConsumer(FastPathConsumer):
@@ -258,6 +260,7 @@ class StaffJobsConsumer(JobStreamConsumer):
     every change to any job (the staff group). For anyone but staff it does not exist."""
 
     live_frames: dict[str, str]  # job id -> the newest frame sent, for jobs not yet ended
+    recheck: asyncio.Future[None] | None = None  # the re-reads of the user's right, while the feed runs
 
     async def start_stream(self) -> None:
         self.live_frames = {}
@@ -269,6 +272,25 @@ class StaffJobsConsumer(JobStreamConsumer):
         payloads, counts = await self.follow.open(read_active_jobs, channel=self.local_channel)
         await self.send_snapshot(payloads, counts)
         await self.follow.push_to(self.send_job_frame)
+        self.recheck = asyncio.ensure_future(self.recheck_rights(self.owner.user_id))
+
+    async def recheck_rights(self, user_id: int | None) -> None:
+        """Closes 4404 once the user no longer holds jobs.view_all_jobs: the close a new
+        socket would get, after which the client does not retry."""
+        while not self.closed:
+            await asyncio.sleep(RIGHTS_RECHECK_SECONDS)
+            try:
+                still = await socket_db(views_all_now, user_id)
+            except Exception:
+                logger.exception("re-reading the staff feed's rights failed; trying again")
+                continue
+            if not still and not self.closed:
+                await self.close(code=CLOSE_NOT_FOUND)
+
+    async def disconnect(self, code: int) -> None:
+        if self.recheck is not None:
+            self.recheck.cancel()
+        await super().disconnect(code)
 
     async def send_snapshot(self, payloads: list[JobPayload], counts: dict[str, int]) -> None:
         assert self.follow is not None

@@ -2,7 +2,8 @@
 
 A user signs in through the real login view and opens a job socket, an owner socket and
 an event stream; another client holding the same session cookie signs out through the
-real logout view, and every one of them ends.
+real logout view, and every one of them ends. A user watching the staff feed loses
+jobs.view_all_jobs in the database, and the feed closes within 5 s.
 
 Jobs are written as rows with no task behind them, so they stay queued and their
 streams stay open until something ends them.
@@ -25,14 +26,16 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from jobs.models import Job, JobState
-from notifications.consumers import CLOSE_SIGNED_OUT
-from tests.accounts import PASSWORD, user_with
+from notifications.consumers import CLOSE_NOT_FOUND, CLOSE_SIGNED_OUT
+from notifications.publish import publish_job_change
+from tests.accounts import PASSWORD, VIEW_ALL_JOBS, user_with
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OPEN_TIMEOUT = 10.0  # seconds for a handshake or a first frame on this shared machine
 END_TIMEOUT = 10.0  # seconds for a signed-out stream to end ("a few seconds", with room for load)
+RIGHTS_DEADLINE = 5.0  # the staff feed stops within this many seconds of losing the right
 
 
 @database_sync_to_async
@@ -52,6 +55,19 @@ def make_job(**owner: Any) -> Job:
         updated_at=now,
         **owner,
     )
+
+
+@database_sync_to_async
+def bump(job: Job) -> None:
+    """A new state of `job` (one seq on), published as a worker would."""
+    job.seq += 1
+    job.save(update_fields=["seq"])
+    publish_job_change(job)
+
+
+@database_sync_to_async
+def revoke_all(user: Any) -> None:
+    user.user_permissions.clear()
 
 
 async def sign_in(live_server: LiveServer, user: Any) -> httpx.Cookies:
@@ -132,3 +148,32 @@ async def test_signing_out_closes_every_socket_4401_and_ends_the_event_stream(li
             sse_ended.cancel()
             await job_socket.close()
             await owner_socket.close()
+
+
+async def test_losing_view_all_jobs_closes_the_staff_feed_within_5_s(live_server: LiveServer) -> None:
+    watcher = await make_user(VIEW_ALL_JOBS)
+    cookies = await sign_in(live_server, watcher)
+    others_job = await make_job(owner_token=secrets.token_hex(16))
+    feed, snapshot = await open_socket(live_server, "/ws/staff/jobs/", cookies)
+    try:
+        assert snapshot["type"] == "snapshot"
+        await bump(others_job)  # with the right, another owner's changes reach the feed
+        frame = json.loads(await asyncio.wait_for(feed.recv(), OPEN_TIMEOUT))
+        assert frame["job"]["id"] == str(others_job.id)
+
+        await revoke_all(watcher)
+        revoked = time.monotonic()
+        code: int | None = None
+        while code is None and time.monotonic() - revoked < RIGHTS_DEADLINE:
+            await bump(others_job)  # the other owner's job keeps changing meanwhile
+            code = await close_code_within(feed, 0.2)
+        took = time.monotonic() - revoked
+        assert code == CLOSE_NOT_FOUND, f"the feed still open {took:.1f} s after the right was taken"
+        assert took < RIGHTS_DEADLINE
+        print(f"staff feed closed {took:.2f} s after jobs.view_all_jobs was removed")
+        # Closed for good: no frame of the other owner's job reaches it any more.
+        await bump(others_job)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(feed.recv(), 1.0)
+    finally:
+        await feed.close()
