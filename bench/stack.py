@@ -113,6 +113,7 @@ class Stack:
             "JOB_QUOTA_ACTIVE": "0",
             "JOB_QUOTA_PER_MINUTE": "0",
             "JOB_QUOTA_SOCKETS": "0",
+            "JOB_QUOTA_RUNNING": "0",
             **self.extra_env,
         }
         for name in ("DJANGO_ALLOW_ASYNC_UNSAFE", "DJANGO_SETTINGS_MODULE"):

@@ -302,6 +302,10 @@ def env_count(name: str, default: int) -> int:
 JOB_QUOTA_ACTIVE = env_count("JOB_QUOTA_ACTIVE", 10)  # jobs queued or running at once
 JOB_QUOTA_PER_MINUTE = env_count("JOB_QUOTA_PER_MINUTE", 30)  # jobs started in any 60 s: 429 + Retry-After
 JOB_QUOTA_SOCKETS = env_count("JOB_QUOTA_SOCKETS", 50)  # WebSockets open at once, over every daphne: close 4429
+# Fair share (jobs/services/fair_share.py): jobs of one owner running at once; the others
+# wait queued, out of the workers' way. Half the worker slots by default, so one owner
+# never holds them all. Web (queue_position) and worker (the start) read the same value.
+JOB_QUOTA_RUNNING = env_count("JOB_QUOTA_RUNNING", max(1, CELERY_WORKER_CONCURRENCY // 2))
 # Finished jobs and their result files are purged this many days after they ended
 # (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)

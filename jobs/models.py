@@ -50,6 +50,10 @@ class Job(models.Model):
     celery_task_id = models.CharField(max_length=255, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Queued and out of the broker: a worker took its task while its owner already ran
+    # JOB_QUOTA_RUNNING jobs (or had that many queued ahead of it), and let it go. It is
+    # dispatched again when its owner's line moves (jobs/services/fair_share.py).
+    held = models.BooleanField(default=False)
     # How many times a worker started the job: a job whose worker is lost runs again
     # until JOB_MAX_ATTEMPTS. Also the fence of a run: a worker writes its progress and
     # its end only while the row still carries its attempt, so a worker declared lost

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from jobs.services import (
+    job_dispatch_held,
     job_purge_finished,
     job_redispatch_undispatched,
     job_resend_lost,
@@ -35,16 +36,18 @@ def run_job(self: Any, job_id: str, requeues: int | None = None) -> None:
 @shared_task(name=SWEEP_TASK, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Run by Celery beat every JOB_SWEEP_INTERVAL s: jobs whose worker was lost, jobs
-    never sent, jobs whose message the broker lost."""
+    never sent, jobs whose message the broker lost, held jobs whose owner has a free place."""
     stale = job_sweep_stale()
     sent = job_redispatch_undispatched()
     resent = job_resend_lost()
+    released = job_dispatch_held()
     return {
         "requeued": stale.requeued,
         "failed": stale.failed,
         "cancelled": stale.cancelled,
         "redispatched": sent,
         "resent": resent,
+        "released": released,
     }
 
 

@@ -77,6 +77,7 @@ def start_celery_worker(
 ) -> subprocess.Popen[bytes]:
     celery = str(Path(sys.executable).parent / "celery")
     command = [celery, "-A", "celery_app", "worker", "-P", pool, "-c", str(concurrency), "-l", "INFO"]
+    env = {**env, "CELERY_WORKER_CONCURRENCY": str(concurrency)}  # JOB_QUOTA_RUNNING's default follows the slots
     with log.open("wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 

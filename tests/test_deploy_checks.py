@@ -173,7 +173,8 @@ def test_debug_is_off_unless_set() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["JOB_QUOTA_ACTIVE", "JOB_QUOTA_PER_MINUTE", "JOB_QUOTA_SOCKETS", "JOB_RETENTION_DAYS"]
+    "name",
+    ["JOB_QUOTA_ACTIVE", "JOB_QUOTA_PER_MINUTE", "JOB_QUOTA_SOCKETS", "JOB_QUOTA_RUNNING", "JOB_RETENTION_DAYS"],
 )
 def test_a_bad_quota_or_retention_value_stops_start_up_naming_it(name: str) -> None:
     result = check_deploy(production(**{name: "-5"}))

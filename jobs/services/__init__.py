@@ -6,6 +6,7 @@
 - run: start, progress (the worker's write-behind), heartbeat, finish, the whole run
 - cancel: cancel, revoke
 - recovery: lost workers, jobs never sent, messages the broker lost
+- fair_share: at most JOB_QUOTA_RUNNING running jobs per owner; the others held, queued
 - retention: purge of old finished jobs and their files
 
 Reads live in jobs/selectors.py; the Celery tasks (jobs/tasks.py) call these, never the
@@ -15,6 +16,7 @@ other way round.
 from __future__ import annotations
 
 from jobs.services.cancel import job_cancel, task_revoke
+from jobs.services.fair_share import job_admit, job_dispatch_held, job_release_held
 from jobs.services.recovery import (
     REDISPATCH_AFTER,
     SWEEP_BATCH,
@@ -50,15 +52,18 @@ __all__ = [
     "RunningJob",
     "StaleSweep",
     "heartbeat",
+    "job_admit",
     "job_cancel",
     "job_create",
     "job_dispatch",
+    "job_dispatch_held",
     "job_end_lost",
     "job_finish",
     "job_heartbeat",
     "job_publish",
     "job_purge_finished",
     "job_redispatch_undispatched",
+    "job_release_held",
     "job_report_progress",
     "job_resend_lost",
     "job_run",

@@ -13,6 +13,7 @@ from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import job_get_visible
+from jobs.services.fair_share import job_release_held_on_commit
 from jobs.services.transitions import job_transition
 from notifications.publish import publisher
 
@@ -31,6 +32,8 @@ def job_cancel(*, owner: Owner, job_id: object) -> Job:
     )
     if cancelled is not None:
         transaction.on_commit(lambda: task_revoke(task_id=str(job.id)))
+        # Its owner's jobs behind it in line move up a place.
+        job_release_held_on_commit(owner_user_id=job.owner_user_id, owner_token=job.owner_token)
         logger.info("job %s (kind %s): cancelled while queued", job.id, job.kind)
         return cancelled
     with transaction.atomic():

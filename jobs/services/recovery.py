@@ -27,6 +27,7 @@ from celery_app import app
 from jobs.broker import BrokerNotSearchable, broker_queues_for, broker_task_ids_absent
 from jobs.kinds import UnknownKind, kind_get
 from jobs.models import Job, JobState
+from jobs.services.fair_share import job_release_held_on_commit
 from jobs.services.submit import job_dispatch
 from jobs.services.transitions import OTHER_WRITER_SEQ_GAP, job_transition
 from jobs.task_names import RUN_JOB_TASK
@@ -87,6 +88,7 @@ def job_sweep_stale(*, now: datetime | None = None) -> StaleSweep:
             heartbeat_at=None,
             celery_task_id="",
             requeues=F("requeues") + 1,
+            held=False,
             updated_at=now,
             **progress_restarted(
                 f"Its worker stopped responding; waiting to run again (attempt {attempts + 1} "
@@ -132,6 +134,7 @@ def job_end_lost(
     )
     if job is not None:
         logger.warning("job %s (kind %s): %s after %d lost run(s)", job.id, job.kind, job.state, attempts)
+        job_release_held_on_commit(owner_user_id=job.owner_user_id, owner_token=job.owner_token)
     return job
 
 
@@ -172,7 +175,8 @@ def job_redispatch_undispatched(*, now: datetime | None = None) -> int:
     """Sends again the queued jobs the broker never took (it was away at submit, or
     the web process died between commit and dispatch); the number sent."""
     cutoff = (now or timezone.now()) - timedelta(seconds=REDISPATCH_AFTER)
-    waiting = Job.objects.filter(state=JobState.QUEUED, dispatched_at__isnull=True, updated_at__lt=cutoff)
+    # Held jobs wait for their owner's line instead (jobs/services/fair_share.py).
+    waiting = Job.objects.filter(state=JobState.QUEUED, dispatched_at__isnull=True, held=False, updated_at__lt=cutoff)
     sent = 0
     for job_id in waiting.order_by("created_at").values_list("pk", flat=True)[:SWEEP_BATCH]:
         if not job_dispatch(job_id=job_id):
@@ -195,7 +199,8 @@ def job_resend_lost(*, now: datetime | None = None) -> int:
     starts a job once, and never one that ended.
     """
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.JOB_REQUEUE_AFTER)
-    waiting = Job.objects.filter(state=JobState.QUEUED, dispatched_at__lt=cutoff).order_by("dispatched_at")
+    # A held job's message was taken and let go on purpose: it is no loss.
+    waiting = Job.objects.filter(state=JobState.QUEUED, dispatched_at__lt=cutoff, held=False).order_by("dispatched_at")
     candidates: dict[str, tuple[uuid.UUID, str, datetime]] = {
         str(job_id): (job_id, kind, dispatched_at)
         for job_id, kind, dispatched_at in waiting.values_list("pk", "kind", "dispatched_at")[:SWEEP_BATCH]

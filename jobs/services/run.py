@@ -33,6 +33,7 @@ from jobs.kinds import kind_get
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.progress import Progress, ProgressUpdate
 from jobs.serializers import RunningFrames
+from jobs.services.fair_share import job_admit, job_owner, job_release_held_on_commit
 from jobs.services.recovery import job_end_lost, progress_restarted
 from jobs.services.transitions import OTHER_WRITER_SEQ_GAP, SEQ_WINDOW, job_transition
 from notifications.groups import job_groups
@@ -72,11 +73,11 @@ def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, req
     arrives: the message the sweeper sent runs the job, and a late redelivery of the old
     one must not restart that run.
     """
-    columns = ("state", "attempts", "cancel_requested", "requeues")
+    columns = ("state", "attempts", "cancel_requested", "requeues", "owner_user_id", "owner_token")
     seen = Job.objects.filter(pk=job_id).values_list(*columns).first()
     if seen is None:
         return None
-    state, attempts, cancel_requested, row_requeues = seen
+    state, attempts, cancel_requested, row_requeues, owner_user_id, owner_token = seen
     if requeues is not None and requeues != row_requeues:
         logger.info(
             "job %s: a message sent before the sweeper queued it again (%d of %d times) does nothing",
@@ -93,12 +94,17 @@ def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, req
         "heartbeat_at": now,
         "updated_at": now,
         "celery_task_id": task_id,
+        "held": False,
     }
     same_run = Q(attempts=attempts)  # nobody else started or ended it since we looked
     if state == JobState.QUEUED:
         if attempts:  # queued again by the sweeper after its worker was lost
             start.update(progress_restarted(_restarted_message(attempts + 1)))
-        return job_transition(job_id=job_id, from_states={JobState.QUEUED}, where=same_run, **start)
+        # The owner's running count and the start in one transaction (jobs/services/fair_share.py).
+        with transaction.atomic():
+            if not job_admit(job_id=job_id, owner=job_owner(owner_user_id=owner_user_id, owner_token=owner_token)):
+                return None
+            return job_transition(job_id=job_id, from_states={JobState.QUEUED}, where=same_run, **start)
     if state != JobState.RUNNING or not redelivered:
         return None
     if cancel_requested or attempts >= settings.JOB_MAX_ATTEMPTS:
@@ -254,7 +260,7 @@ def job_finish(
     if progress is not None:
         fields.update(_progress_fields(progress))
     where = None if attempt is None else Q(attempts=attempt)
-    return job_transition(
+    job = job_transition(
         job_id=job_id,
         from_states={JobState.RUNNING},
         seq_above=seq_above,
@@ -262,6 +268,9 @@ def job_finish(
         before_commit=before_commit,
         **fields,
     )
+    if job is not None:  # a place of its owner's is free: the next of theirs in line may go
+        job_release_held_on_commit(owner_user_id=job.owner_user_id, owner_token=job.owner_token)
+    return job
 
 
 def _job_finish_retrying(log_context: str, **finish: Any) -> Job | None:
@@ -309,7 +318,7 @@ def job_run(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, reque
     """Runs a job from start to its terminal state (the body of the Celery task)."""
     job = job_start(job_id=job_id, task_id=task_id, redelivered=redelivered, requeues=requeues)
     if job is None:
-        logger.info("job %s: not started (not queued, or its run was lost once too often)", job_id)
+        logger.info("job %s: not started (held for its owner's line, not queued, or lost once too often)", job_id)
         return None
     heartbeat.add(job.id, attempt=job.attempts)
     try:

@@ -288,6 +288,11 @@ async def settle_and_check(visitor: Visitor, job_ids: list[str], seed: int) -> N
 # --- scenarios driven through the services and the publisher -----------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_running_limit(settings: Any) -> None:
+    settings.JOB_QUOTA_RUNNING = 0  # this test plays the worker and starts an owner's jobs in any order
+
+
 @database_sync_to_async
 def make_jobs(owner: Owner, count: int) -> list[str]:
     """Queued rows with no task behind them: this test plays the worker."""

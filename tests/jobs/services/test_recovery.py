@@ -121,7 +121,7 @@ def test_sweep_task_reports_what_it_did() -> None:
     from jobs.tasks import sweep
 
     lost_run(attempts=3)
-    assert sweep() == {"requeued": 0, "failed": 1, "cancelled": 0, "redispatched": 0, "resent": 0}
+    assert sweep() == {"requeued": 0, "failed": 1, "cancelled": 0, "redispatched": 0, "resent": 0, "released": 0}
 
 
 # --- task messages the broker lost ------------------------------------------------
