@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Count, QuerySet
+from django.conf import settings
+from django.db.models import Case, CharField, Count, Q, QuerySet, Value, When
+from django.db.models.functions import Cast, Concat
 
 from jobs.models import Job, JobState
 from jobs.owners import Owner
@@ -38,12 +40,88 @@ def job_list_recent_for_owner(*, owner: Owner, limit: int = OWNER_SNAPSHOT_SIZE)
     return list(Job.objects.filter(owner.jobs_filter()).order_by("-created_at")[:limit])
 
 
+# --- the line (docs/contract.md#queue_position) -------------------------------------
+#
+# Under fair share (jobs/services/fair_share.py) an owner's first `free` queued jobs, free
+# being JOB_QUOTA_RUNNING less the owner's running jobs, may start as soon as a worker is
+# free: they are in the broker, oldest first. The others wait for one of their owner's
+# running jobs to end and are then sent to the back of the broker's line. So before a
+# job that may start, every job that may start submitted before it goes first; before a
+# held job, every job that may start, and its owner's queued jobs ahead of it.
+
+OWNER_KEY = Case(  # Job.owner_key in SQL
+    When(owner_user__isnull=False, then=Concat(Value("u."), Cast("owner_user_id", CharField()))),
+    default=Concat(Value("s."), "owner_token"),
+    output_field=CharField(),
+)
+
+
+def _submitted_before(job: Job) -> Q:
+    return Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+
+
+def _count_by_owner(jobs: QuerySet[Job]) -> dict[str, int]:
+    rows = jobs.order_by().annotate(owner=OWNER_KEY).values("owner").annotate(n=Count("pk"))
+    return {row["owner"]: row["n"] for row in rows}
+
+
+class _Line:
+    """Each owner's free places now: the limit less the owner's running jobs."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = _count_by_owner(Job.objects.filter(state=JobState.RUNNING))
+
+    def free(self, owner: str) -> int:
+        return max(0, self.limit - self.running.get(owner, 0))
+
+    def may_start(self, queued: dict[str, int]) -> int:
+        """Of these queued jobs (per owner, each owner's oldest), how many may start now."""
+        return sum(min(self.free(owner), count) for owner, count in queued.items())
+
+
 def job_queue_position(*, job: Job) -> int | None:
-    """1-based place in line among queued jobs, oldest first; None unless queued."""
+    """1-based place in line while queued (the jobs that will start before it, plus
+    one), under the fair-share rule; None unless queued."""
     if job.state != JobState.QUEUED:
         return None
-    ahead = Job.objects.filter(state=JobState.QUEUED, created_at__lt=job.created_at).count()
-    return ahead + 1
+    queued = Job.objects.filter(state=JobState.QUEUED)
+    limit = settings.JOB_QUOTA_RUNNING
+    if not limit:
+        return queued.filter(_submitted_before(job)).count() + 1
+    line = _Line(limit)
+    owner = job.owner_key
+    before = _count_by_owner(queued.filter(_submitted_before(job)))
+    ahead_of_mine = before.get(owner, 0)
+    if ahead_of_mine < line.free(owner):
+        return line.may_start(before) + 1
+    others = {key: count for key, count in _count_by_owner(queued).items() if key != owner}
+    return line.may_start(others) + ahead_of_mine + 1
+
+
+def job_queue_positions(*, queued: list[Job]) -> dict[uuid.UUID, int]:
+    """The places of `queued`: the oldest queued jobs, oldest first (the start of the
+    line), as `job_queue_position` counts them, in two queries."""
+    limit = settings.JOB_QUOTA_RUNNING
+    if not limit:
+        return {job.id: index + 1 for index, job in enumerate(queued)}
+    line = _Line(limit)
+    total = _count_by_owner(Job.objects.filter(state=JobState.QUEUED))
+    may_start = line.may_start(total)
+    seen: dict[str, int] = {}
+    started_before = 0  # jobs that may start, among those before this one
+    positions = {}
+    for job in queued:
+        owner = job.owner_key
+        ahead_of_mine = seen.get(owner, 0)
+        seen[owner] = ahead_of_mine + 1
+        free = line.free(owner)
+        if ahead_of_mine < free:
+            started_before += 1
+            positions[job.id] = started_before
+        else:
+            positions[job.id] = may_start - min(free, total.get(owner, 0)) + ahead_of_mine + 1
+    return positions
 
 
 STAFF_SNAPSHOT_SIZE = 500  # active jobs in the staff view's snapshot: a queue longer than this is an incident

@@ -39,7 +39,13 @@ from channels.layers import get_channel_layer
 from core.compat.channels_redis import LatestWinsQueue, SharedReads, deliver_directly, fast_layer, stop_direct
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner
-from jobs.selectors import job_count_by_state, job_list_active, job_list_recent_for_owner, job_queue_position
+from jobs.selectors import (
+    job_count_by_state,
+    job_list_active,
+    job_list_recent_for_owner,
+    job_queue_position,
+    job_queue_positions,
+)
 from jobs.serializers import JobPayload, job_frame_text, job_payload
 from notifications.groups import job_group, owner_group, staff_group
 from notifications.messages import LayerJobMessage
@@ -309,10 +315,8 @@ def read_owner_jobs(owner: Owner) -> list[JobPayload]:
 def read_active_jobs() -> tuple[list[JobPayload], dict[str, int]]:
     """Every queued and running job, oldest first, and the counts per state (the staff view)."""
     active = job_list_active()
-    queued = [job for job in active if job.state == JobState.QUEUED]
-    # One count for the whole line: the list is oldest first, so a job's place is the
-    # number of queued jobs created before it, plus one.
-    ahead = {job.id: index + 1 for index, job in enumerate(queued)}
+    # The list is oldest first: its queued jobs are the start of the line, counted in one pass.
+    ahead = job_queue_positions(queued=[job for job in active if job.state == JobState.QUEUED])
     return [job_payload(job, staff=True, queue_position=ahead.get(job.id)) for job in active], job_count_by_state()
 
 
