@@ -7,6 +7,7 @@ local Redis; production sets the variables in the README.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -47,6 +48,16 @@ if not SECRET_KEY:
     SECRET_KEY = "dev-only-insecure-key-change-me-0123456789-abcdefghijklmnopqrstuvwxyz"
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+# The proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma-
+# separated; none by default): the client address is then the rightmost untrusted hop.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", "")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise RuntimeError(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or CIDR network (e.g. 10.0.0.5 or 10.0.0.0/8)."
+        ) from None
 
 INSTALLED_APPS = [
     "daphne",

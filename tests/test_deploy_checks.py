@@ -174,13 +174,26 @@ def test_debug_is_off_unless_set() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["JOB_QUOTA_ACTIVE", "JOB_QUOTA_PER_MINUTE", "JOB_QUOTA_SOCKETS", "JOB_QUOTA_RUNNING", "JOB_RETENTION_DAYS"],
+    [
+        "JOB_QUOTA_ACTIVE",
+        "JOB_QUOTA_PER_MINUTE",
+        "JOB_QUOTA_SOCKETS",
+        "JOB_QUOTA_RUNNING",
+        "JOB_RETENTION_DAYS",
+    ],
 )
 def test_a_bad_quota_or_retention_value_stops_start_up_naming_it(name: str) -> None:
     result = check_deploy(production(**{name: "-5"}))
 
     assert result.returncode != 0
     assert f"{name} must be a whole number of 0 or more (0 turns it off), not '-5'." in result.stderr
+
+
+def test_a_bad_trusted_proxy_stops_start_up_naming_it() -> None:
+    result = check_deploy(production(TRUSTED_PROXIES="10.0.0.5,10.0.0.0/33"))
+
+    assert result.returncode != 0
+    assert "TRUSTED_PROXIES: '10.0.0.0/33' is not an IP address or CIDR network" in result.stderr
 
 
 def test_production_cookie_flags() -> None:
