@@ -317,6 +317,10 @@ JOB_QUOTA_SOCKETS = env_count("JOB_QUOTA_SOCKETS", 50)  # WebSockets open at onc
 # wait queued, out of the workers' way. Half the worker slots by default, so one owner
 # never holds them all. Web (queue_position) and worker (the start) read the same value.
 JOB_QUOTA_RUNNING = env_count("JOB_QUOTA_RUNNING", max(1, CELERY_WORKER_CONCURRENCY // 2))
+# Jobs queued or running at once from one client address (core/client_address.py), over
+# every owner there: a fresh cookie does not buy a fresh quota. An IPv6 client counts by
+# its /64, what one subscriber is usually given.
+JOB_QUOTA_PER_IP = env_count("JOB_QUOTA_PER_IP", 20)
 # Finished jobs and their result files are purged this many days after they ended
 # (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)

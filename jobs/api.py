@@ -23,6 +23,7 @@ from ninja.security import APIKeyCookie
 from core.api_errors import errors_body, errors_response
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
 from jobs.downloads import result_download
+from core.client_address import client_address
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.owners import Owner, owner_from_request
@@ -313,7 +314,7 @@ def _submit(
     if owner.user_id is None and not owner.token:
         owner = owner_from_request(request, create=True)  # a first job: the anonymous session starts here
     try:
-        job = job_submit(owner=owner, kind=kind, params=params, files=files)
+        job = job_submit(owner=owner, kind=kind, params=params, files=files, client_address=client_address(request))
     except QuotaExceeded as exc:
         response["Retry-After"] = str(exc.retry_after)
         return Status(429, errors_body("__all__", str(exc)))

@@ -28,6 +28,9 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
     owner_token = models.CharField(max_length=64, blank=True, default="")
+    # Where it was submitted from, as JOB_QUOTA_PER_IP counts it (jobs/quotas.py): the
+    # client address (core/client_address.py), an IPv6 one as its /64; empty when unknown.
+    client_address = models.CharField(max_length=64, blank=True, default="")
     kind = models.CharField(max_length=64)
     params = models.JSONField(default=dict)
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED)
@@ -76,6 +79,7 @@ class Job(models.Model):
             models.Index(fields=["owner_user", "-created_at"], name="job_user_recent"),
             models.Index(fields=["owner_token", "-created_at"], name="job_token_recent"),
             models.Index(fields=["state", "created_at"], name="job_state_created"),
+            models.Index(fields=["client_address", "state"], name="job_address_state"),
         ]
         # Rights beyond one's own jobs, granted to users or groups (superusers have them
         # all); the is_staff flag alone grants neither (jobs/owners.py checks them).

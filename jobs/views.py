@@ -7,6 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
+from core.client_address import client_address
 from jobs.forms import KindForm, params_form
 from jobs.kinds import ParamsInvalid, kind_get, kind_list
 from jobs.models import JobState
@@ -37,7 +38,13 @@ def index(request: HttpRequest) -> HttpResponse:
                 params = {name: value for name, value in form.cleaned_data.items() if name not in uploads}
                 files = {name: value for name, value in form.cleaned_data.items() if name in uploads}
                 try:
-                    job = job_submit(owner=owner, kind=kind.name, params=params, files=files)
+                    job = job_submit(
+                        owner=owner,
+                        kind=kind.name,
+                        params=params,
+                        files=files,
+                        client_address=client_address(request),
+                    )
                 except QuotaExceeded as exc:
                     kind_form.add_error(None, str(exc))
                     retry_after = exc.retry_after

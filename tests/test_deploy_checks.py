@@ -179,6 +179,7 @@ def test_debug_is_off_unless_set() -> None:
         "JOB_QUOTA_PER_MINUTE",
         "JOB_QUOTA_SOCKETS",
         "JOB_QUOTA_RUNNING",
+        "JOB_QUOTA_PER_IP",
         "JOB_RETENTION_DAYS",
     ],
 )

@@ -14,7 +14,7 @@ from celery_app import app
 from jobs.kinds import kind_get
 from jobs.models import Job
 from jobs.owners import Owner
-from jobs.quotas import job_quota_check
+from jobs.quotas import client_address_key, job_quota_check
 from jobs.services.transitions import job_publish
 from jobs.task_names import RUN_JOB_TASK
 from jobs.uploads import upload_remove, upload_save
@@ -27,7 +27,13 @@ DISPATCH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step":
 
 
 def job_create(
-    *, owner: Owner, kind: str, params: object, from_text: bool = False, files: Mapping[str, object] | None = None
+    *,
+    owner: Owner,
+    kind: str,
+    params: object,
+    from_text: bool = False,
+    files: Mapping[str, object] | None = None,
+    address_key: str = "",
 ) -> Job:
     """Validates and saves a job, then hands it to a worker once the row is committed.
 
@@ -47,6 +53,7 @@ def job_create(
                 id=job_id,
                 owner_user_id=owner.user_id,
                 owner_token="" if owner.user_id else (owner.token or ""),
+                client_address=address_key,
                 kind=job_kind.name,
                 params=cleaned,
                 seq=1,
@@ -64,13 +71,23 @@ def job_create(
 
 
 def job_submit(
-    *, owner: Owner, kind: str, params: object, from_text: bool = False, files: Mapping[str, object] | None = None
+    *,
+    owner: Owner,
+    kind: str,
+    params: object,
+    from_text: bool = False,
+    files: Mapping[str, object] | None = None,
+    client_address: str | None = None,
 ) -> Job:
-    """`job_create` within the owner's quotas (jobs/quotas.py), counted in the same
-    transaction as the insert. Raises QuotaExceeded, UnknownKind or ParamsInvalid."""
+    """`job_create` within the owner's quotas and its client address's (jobs/quotas.py),
+    counted in the same transaction as the insert. Raises QuotaExceeded, UnknownKind or
+    ParamsInvalid."""
+    address_key = client_address_key(client_address)
     with transaction.atomic():
-        job_quota_check(owner=owner)
-        return job_create(owner=owner, kind=kind, params=params, from_text=from_text, files=files)
+        job_quota_check(owner=owner, address_key=address_key)
+        return job_create(
+            owner=owner, kind=kind, params=params, from_text=from_text, files=files, address_key=address_key
+        )
 
 
 def job_dispatch(*, job_id: uuid.UUID) -> bool:

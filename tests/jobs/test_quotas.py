@@ -1,6 +1,7 @@
 """Quotas per owner: jobs active at once and jobs per minute (429 + Retry-After on the
-API, an error on the page), and sockets at once (accepted, then closed 4429), counted
-in the real Redis across daphne processes."""
+API, an error on the page); jobs active at once per client address, whatever the
+cookie (TRUSTED_PROXIES deciding whose X-Forwarded-For is believed); and sockets at
+once (accepted, then closed 4429), counted in the real Redis across daphne processes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from core.asgi import application
+from core.redis_local import start_redis
 from jobs.models import Job, JobState
 from jobs.owners import SESSION_OWNER_KEY, Owner
 from jobs.quotas import ACTIVE_RETRY_AFTER_DEFAULT, QuotaExceeded
@@ -35,6 +38,7 @@ from notifications.consumers import CLOSE_NORMAL, CLOSE_OVER_QUOTA
 from notifications.socket_quota import socket_slots_key
 from tests.accounts import BYPASS_QUOTAS, VIEW_ALL_JOBS, user_with
 from tests.conftest import LiveServer
+from tests.live_daphne import DaphneProcess
 from tests.waiting import async_wait_until
 
 QUICK_JOB = {"kind": "sleep", "params": {"steps": 1, "step_seconds": 0}}
@@ -235,6 +239,159 @@ def test_concurrent_submissions_cannot_slip_past_the_quota() -> None:
 
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
     assert Job.objects.filter(owner_token=owner.token).count() == 3
+
+
+# --- jobs active at once per client address --------------------------------------
+
+
+def from_address(address: str, **headers: Any) -> Client:
+    """A fresh visitor (a cookie of its own) whose requests come from `address`."""
+    return Client(REMOTE_ADDR=address, **headers)
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=3, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_jobs_from_one_address_past_the_per_ip_quota_answer_429_naming_it_whatever_the_cookie() -> None:
+    first, second = from_address("203.0.113.5"), from_address("203.0.113.5")
+    create(first)
+    create(first)
+    create(second)
+
+    message, retry_after = assert_over_quota(post_job(second))
+    assert message == (
+        "Your address (203.0.113.5) has 3 jobs queued or running, the most allowed at once from one address (3), "
+        "whoever started them; wait for one to end or cancel one."
+    )
+    assert retry_after == ACTIVE_RETRY_AFTER_DEFAULT
+    assert post_job(from_address("203.0.113.5")).status_code == 429  # a fresh cookie buys nothing
+    assert post_job(from_address("203.0.113.6")).status_code == 201  # another address is counted apart
+    assert Job.objects.filter(client_address="203.0.113.5").count() == 3
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=1, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_a_job_that_ends_frees_its_place_for_its_address() -> None:
+    first = from_address("203.0.113.5")
+    job = create(first)
+    assert post_job(from_address("203.0.113.5")).status_code == 429
+    assert first.post(f"/api/jobs/{job['id']}/cancel/").status_code == 202
+    assert post_job(from_address("203.0.113.5")).status_code == 201
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=1, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0, TRUSTED_PROXIES=["10.0.0.0/8"])
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart() -> None:
+    def via_proxy(forwarded_for: str) -> Client:
+        return from_address("10.1.2.3", HTTP_X_FORWARDED_FOR=forwarded_for)
+
+    create(via_proxy("198.51.100.1"))
+    create(via_proxy("198.51.100.2"))
+    # What the client claimed itself is left of what the proxy appended: not believed.
+    assert post_job(via_proxy("198.51.100.2, 198.51.100.1")).status_code == 429
+    assert set(Job.objects.values_list("client_address", flat=True)) == {"198.51.100.1", "198.51.100.2"}
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=1, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0, TRUSTED_PROXIES=[])
+def test_x_forwarded_for_from_a_peer_that_is_no_trusted_proxy_changes_nothing() -> None:
+    create(from_address("203.0.113.5", HTTP_X_FORWARDED_FOR="198.51.100.1"))
+    assert post_job(from_address("203.0.113.5", HTTP_X_FORWARDED_FOR="198.51.100.2")).status_code == 429
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=1, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_ipv6_clients_are_counted_by_their_64() -> None:
+    create(from_address("2001:db8:1:2::10"))
+    assert post_job(from_address("2001:db8:1:2:ffff::99")).status_code == 429
+    assert post_job(from_address("2001:db8:1:3::10")).status_code == 201
+    assert Job.objects.filter(client_address="2001:db8:1:2::/64").count() == 1
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=1, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_staff_are_exempt_from_the_address_quota() -> None:
+    create(from_address("203.0.113.5"))
+    staff = user_client("root", staff=True)
+    for _ in range(2):
+        create(staff)
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_PER_IP=0, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_zero_turns_the_address_quota_off() -> None:
+    for _ in range(25):
+        create(from_address("203.0.113.5"))
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(JOB_QUOTA_PER_IP=3, JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=0)
+def test_concurrent_submissions_of_many_owners_from_one_address_cannot_slip_past_its_quota() -> None:
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        try:
+            start.wait(timeout=10)
+            job_submit(
+                owner=Owner(token=secrets.token_hex(16)),
+                kind="sleep",
+                params={"steps": 1, "step_seconds": 0},
+                client_address="192.0.2.7",
+            )
+            outcomes.append("created")
+        except QuotaExceeded:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert Job.objects.filter(client_address="192.0.2.7").count() == 3
+
+
+@pytest.fixture
+def address_quota_daphne(live_server_env: dict[str, str], transactional_db: None, tmp_path: Path) -> Iterator[str]:
+    """daphne with JOB_QUOTA_PER_IP=3 behind a proxy at 127.0.0.1, on a Redis of its own
+    that no worker reads: every job it takes stays queued, so active."""
+    redis = start_redis()
+    env = {**live_server_env, "REDIS_URL": redis.url, "JOB_QUOTA_PER_IP": "3", "TRUSTED_PROXIES": "127.0.0.1"}
+    daphne = DaphneProcess(env=env, log=tmp_path / "daphne.log")
+    try:
+        daphne.start()
+        yield daphne.url
+    finally:
+        daphne.stop()
+        redis.stop()
+
+
+def test_live_daphne_refuses_a_fresh_cookie_past_the_address_quota(address_quota_daphne: str) -> None:
+    """Over real sockets: daphne's peer address and the trusted proxy's X-Forwarded-For."""
+
+    def visitor(forwarded_for: str) -> tuple[httpx.Client, dict[str, str]]:
+        client = httpx.Client(base_url=address_quota_daphne, timeout=10, headers={"X-Forwarded-For": forwarded_for})
+        assert client.get("/").status_code == 200
+        return client, {"X-CSRFToken": client.cookies["csrftoken"]}
+
+    first, first_csrf = visitor("198.51.100.1")
+    second, second_csrf = visitor("198.51.100.1")
+    elsewhere, elsewhere_csrf = visitor("198.51.100.2")
+    try:
+        for client, csrf in ((first, first_csrf), (first, first_csrf), (second, second_csrf)):
+            assert client.post("/api/jobs/", json=QUICK_JOB, headers=csrf).status_code == 201
+        refused = second.post("/api/jobs/", json=QUICK_JOB, headers=second_csrf)
+        assert refused.status_code == 429, refused.text
+        assert "from one address (3)" in refused.json()["errors"]["__all__"][0]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert elsewhere.post("/api/jobs/", json=QUICK_JOB, headers=elsewhere_csrf).status_code == 201
+    finally:
+        for client in (first, second, elsewhere):
+            client.close()
+    assert Job.objects.filter(client_address="198.51.100.1").count() == 3
 
 
 # --- the form on / ---------------------------------------------------------------
