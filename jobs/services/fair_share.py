@@ -24,7 +24,7 @@ import uuid
 from functools import partial
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q
 
 from jobs.models import Job, JobState
@@ -93,9 +93,20 @@ def job_release_held(*, owner: Owner) -> int:
 
 
 def job_release_held_on_commit(*, owner_user_id: int | None, owner_token: str) -> None:
-    """`job_release_held` for a job's owner once the current transaction commits."""
+    """`job_release_held` for a job's owner once the current transaction commits. A
+    database error is logged, not raised: the end it follows is committed, and the
+    sweeper sends what this could not."""
     owner = job_owner(owner_user_id=owner_user_id, owner_token=owner_token)
-    transaction.on_commit(partial(job_release_held, owner=owner))
+
+    def release() -> None:
+        try:
+            job_release_held(owner=owner)
+        except DatabaseError:
+            logger.warning(
+                "held jobs of owner %s not sent (database error); the sweeper sends them", owner.key, exc_info=True
+            )
+
+    transaction.on_commit(release)
 
 
 def job_dispatch_held() -> int:
