@@ -104,6 +104,8 @@ def job_start(*, job_id: uuid.UUID, task_id: str, redelivered: bool = False, req
         with transaction.atomic():
             if not job_admit(job_id=job_id, owner=job_owner(owner_user_id=owner_user_id, owner_token=owner_token)):
                 return None
+            now = timezone.now()  # once admitted: the owner's starts are stamped in the order they happen
+            start.update(started_at=now, heartbeat_at=now, updated_at=now)
             return job_transition(job_id=job_id, from_states={JobState.QUEUED}, where=same_run, **start)
     if state != JobState.RUNNING or not redelivered:
         return None
