@@ -21,9 +21,9 @@ from ninja.errors import HttpError, ValidationError
 from ninja.security import APIKeyCookie
 
 from core.api_errors import errors_body, errors_response
+from core.client_address import client_address
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
 from jobs.downloads import result_download
-from core.client_address import client_address
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.owners import Owner, owner_from_request

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0003_imported_contact'),
+        ('jobs', '0005_job_requeues'),
     ]
 
     operations = [

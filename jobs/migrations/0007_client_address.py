@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0004_held'),
+        ('jobs', '0006_held'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
