@@ -324,6 +324,8 @@ JOB_QUOTA_PER_IP = env_count("JOB_QUOTA_PER_IP", 20)
 # Finished jobs and their result files are purged this many days after they ended
 # (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)
+# The same for anonymous owners' jobs: nobody can come back to them once the session is gone.
+JOB_RETENTION_DAYS_ANONYMOUS = env_count("JOB_RETENTION_DAYS_ANONYMOUS", 1)
 
 # --- Security (`manage.py check --deploy`) ------------------------------------------
 # Session cookie: HttpOnly, SameSite=Lax, Secure unless DEBUG (Auth and sessions above).

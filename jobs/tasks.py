@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
-from django.conf import settings
 from django.core.management import call_command
 
 from jobs.services import (
@@ -19,6 +17,7 @@ from jobs.services import (
     job_resend_lost,
     job_run,
     job_sweep_stale,
+    retention_ages,
 )
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
 
@@ -53,12 +52,13 @@ def sweep() -> dict[str, int]:
 
 @shared_task(name=PURGE_FINISHED_TASK, ignore_result=True)
 def purge_finished() -> dict[str, int]:
-    """Retention: deletes jobs that ended over JOB_RETENTION_DAYS ago, with their files (0 keeps them)."""
-    days = settings.JOB_RETENTION_DAYS
-    if not days:
-        logger.info("purge: JOB_RETENTION_DAYS is 0, finished jobs are kept")
+    """Retention: deletes jobs that ended over JOB_RETENTION_DAYS ago (anonymous owners':
+    JOB_RETENTION_DAYS_ANONYMOUS), with their files (0 keeps them)."""
+    ages = retention_ages()
+    if ages.signed_in is None and ages.anonymous is None:
+        logger.info("purge: JOB_RETENTION_DAYS and JOB_RETENTION_DAYS_ANONYMOUS are 0, finished jobs are kept")
         return {"jobs": 0, "directories": 0}
-    report = job_purge_finished(older_than=timedelta(days=days))
+    report = job_purge_finished(older_than=ages.signed_in, anonymous_older_than=ages.anonymous)
     return {"jobs": report.jobs, "directories": report.directories}
 
 

@@ -27,7 +27,7 @@ from jobs.services.recovery import (
     job_sweep_stale,
     lost_worker_error,
 )
-from jobs.services.retention import PurgeReport, job_purge_finished
+from jobs.services.retention import PurgeReport, RetentionAges, job_purge_finished, retention_ages
 from jobs.services.run import (
     INTERNAL_ERROR_MESSAGE,
     RunningJob,
@@ -49,6 +49,7 @@ __all__ = [
     "SEQ_WINDOW",
     "SWEEP_BATCH",
     "PurgeReport",
+    "RetentionAges",
     "RunningJob",
     "StaleSweep",
     "heartbeat",
@@ -72,5 +73,6 @@ __all__ = [
     "job_sweep_stale",
     "job_transition",
     "lost_worker_error",
+    "retention_ages",
     "task_revoke",
 ]

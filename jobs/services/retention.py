@@ -1,14 +1,18 @@
 """Retention: jobs that ended long enough ago are deleted with their result files and
-uploads (JOB_RETENTION_DAYS; jobs/tasks.py `purge_finished`, `manage.py jobs purge`)."""
+uploads (JOB_RETENTION_DAYS for signed-in owners' jobs, JOB_RETENTION_DAYS_ANONYMOUS for
+anonymous owners'; jobs/tasks.py `purge_finished`, `manage.py jobs purge`)."""
 
 from __future__ import annotations
 
 import logging
+import operator
 import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import reduce
 from pathlib import Path
+from typing import Literal
 
 from django.conf import settings
 from django.db import transaction
@@ -29,17 +33,51 @@ class PurgeReport:
     directories: int  # result and upload directories removed: the purged jobs' and orphans'
 
 
-def job_purge_finished(*, older_than: timedelta) -> PurgeReport:
-    """Deletes the jobs that ended more than `older_than` ago, their result files and uploads.
+@dataclass(frozen=True)
+class RetentionAges:
+    """How long finished jobs are kept; None keeps them for ever."""
 
-    Only terminal jobs: a queued or running job is never touched, however old. Result
-    directories older than that whose job no longer exists go too (their user was
-    deleted with the jobs, or an earlier purge stopped before its files).
-    """
-    cutoff = timezone.now() - older_than
-    ended_before = Q(state__in=TERMINAL_STATES) & (
+    signed_in: timedelta | None
+    anonymous: timedelta | None
+
+
+def retention_ages() -> RetentionAges:
+    """The ages from the settings (0 days keeps them)."""
+    days, anonymous_days = settings.JOB_RETENTION_DAYS, settings.JOB_RETENTION_DAYS_ANONYMOUS
+    return RetentionAges(
+        signed_in=timedelta(days=days) if days else None,
+        anonymous=timedelta(days=anonymous_days) if anonymous_days else None,
+    )
+
+
+def _ended_before(cutoff: datetime) -> Q:
+    return Q(state__in=TERMINAL_STATES) & (
         Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, updated_at__lt=cutoff)
     )
+
+
+def job_purge_finished(
+    *, older_than: timedelta | None, anonymous_older_than: timedelta | Literal["same"] | None = "same"
+) -> PurgeReport:
+    """Deletes the jobs that ended more than `older_than` ago (`anonymous_older_than` for
+    anonymous owners' jobs, unless "same"), their result files and uploads; None keeps them.
+
+    Only terminal jobs: a queued or running job is never touched, however old. Result
+    directories older than the longer age whose job no longer exists go too (their user
+    was deleted with the jobs, or an earlier purge stopped before its files).
+    """
+    now = timezone.now()
+    anonymous = older_than if isinstance(anonymous_older_than, str) else anonymous_older_than
+    ages = RetentionAges(signed_in=older_than, anonymous=anonymous)
+    rules = [
+        Q(owner_user__isnull=is_anonymous) & _ended_before(now - age)
+        for is_anonymous, age in ((False, ages.signed_in), (True, ages.anonymous))
+        if age is not None
+    ]
+    if not rules:
+        return PurgeReport(jobs=0, directories=0)
+    ended_before = reduce(operator.or_, rules)
+    cutoff = now - max(age for age in (ages.signed_in, ages.anonymous) if age is not None)
     results_root = Path(settings.MEDIA_ROOT) / "results"
     roots = (results_root, uploads_root())
     jobs = directories = 0
@@ -59,7 +97,13 @@ def job_purge_finished(*, older_than: timedelta) -> PurgeReport:
         if not deleted:
             break
     directories += sum(_remove_orphan_result_dirs(root, cutoff=cutoff) for root in roots)
-    logger.info("purge: %d jobs that ended before %s, %d result directories", jobs, cutoff.isoformat(), directories)
+    logger.info(
+        "purge: %d jobs that ended over %s ago (anonymous owners': %s), %d result directories",
+        jobs,
+        ages.signed_in or "never",
+        ages.anonymous or "never",
+        directories,
+    )
     return PurgeReport(jobs=jobs, directories=directories)
 
 

@@ -20,7 +20,6 @@ import uuid
 from datetime import timedelta
 from typing import IO, Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rich.console import Console
@@ -31,7 +30,7 @@ from jobs.kinds import ParamsInvalid, UnknownKind
 from jobs.models import Job, JobState
 from jobs.owners import Owner, owner_of_user
 from jobs.selectors import parse_job_id
-from jobs.services import job_cancel, job_create, job_purge_finished
+from jobs.services import RetentionAges, job_cancel, job_create, job_purge_finished, retention_ages
 
 DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _DURATION = re.compile(r"(\d{1,9})([dhms])")
@@ -90,7 +89,8 @@ class Command(BaseCommand):
             "--older-than",
             type=parse_age,
             metavar="AGE",
-            help="7d, 12h, 30m or 3600s (default: JOB_RETENTION_DAYS days)",
+            help="7d, 12h, 30m or 3600s, for every owner (default: JOB_RETENTION_DAYS days, "
+            "JOB_RETENTION_DAYS_ANONYMOUS for anonymous owners' jobs)",
         )
 
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
@@ -151,14 +151,20 @@ class Command(BaseCommand):
             raise SystemExit(EXIT_CODES[final["state"]])
 
     def handle_purge(self, *, older_than: timedelta | None, **options: Any) -> None:
-        if older_than is None:
-            if not settings.JOB_RETENTION_DAYS:
-                raise CommandError("JOB_RETENTION_DAYS is 0 (finished jobs are kept): give --older-than to purge.")
-            older_than = timedelta(days=settings.JOB_RETENTION_DAYS)
-        report = job_purge_finished(older_than=older_than)
+        if older_than is not None:
+            report = job_purge_finished(older_than=older_than)
+            ended = f"over {_describe(older_than)} ago"
+        else:
+            ages = retention_ages()
+            if ages.signed_in is None and ages.anonymous is None:
+                raise CommandError(
+                    "JOB_RETENTION_DAYS and JOB_RETENTION_DAYS_ANONYMOUS are 0 (finished jobs are kept): "
+                    "give --older-than to purge."
+                )
+            report = job_purge_finished(older_than=ages.signed_in, anonymous_older_than=ages.anonymous)
+            ended = _describe_ages(ages)
         self.stdout.write(
-            f"Purged {report.jobs} finished job(s) that ended over {_describe(older_than)} ago "
-            f"and {report.directories} result directory(ies)."
+            f"Purged {report.jobs} finished job(s) that ended {ended} and {report.directories} result directory(ies)."
         )
 
 
@@ -182,6 +188,19 @@ def _owner_for(username: str | None) -> Owner:
     if user is None:
         raise CommandError(f"No user {username!r}.")
     return owner_of_user(user)
+
+
+def _describe_ages(ages: RetentionAges) -> str:
+    """`over 30 days ago`, saying so when anonymous owners' jobs have their own age."""
+    if ages.signed_in is None:
+        assert ages.anonymous is not None
+        return f"over {_describe(ages.anonymous)} ago (anonymous owners' only; signed-in owners' are kept)"
+    ended = f"over {_describe(ages.signed_in)} ago"
+    if ages.anonymous is None:
+        return f"{ended} (signed-in owners' only; anonymous owners' are kept)"
+    if ages.anonymous != ages.signed_in:
+        return f"{ended} (anonymous owners': over {_describe(ages.anonymous)} ago)"
+    return ended
 
 
 def _describe(age: timedelta) -> str:

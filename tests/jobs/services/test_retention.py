@@ -24,6 +24,7 @@ from jobs.management.commands.jobs import parse_age
 from jobs.models import Job, JobState
 from jobs.services import PurgeReport, job_purge_finished
 from jobs.tasks import purge_finished
+from tests.accounts import user_with
 from tests.conftest import ROOT
 from tests.waiting import wait_until
 
@@ -38,14 +39,21 @@ def own_media_root(tmp_path: Path) -> Iterator[None]:
 
 
 def make_job(
-    state: JobState, *, ended_days_ago: float | None = None, created_days_ago: float = 400, with_file: bool = False
+    state: JobState,
+    *,
+    ended_days_ago: float | None = None,
+    created_days_ago: float = 400,
+    with_file: bool = False,
+    user: Any = None,
 ) -> Job:
-    """A job row; a finished one ended `ended_days_ago`; `with_file` writes its result file."""
+    """An anonymous owner's job row (`user`'s, given one); a finished one ended
+    `ended_days_ago`; `with_file` writes its result file."""
     now = timezone.now()
     created = now - timedelta(days=created_days_ago)
     finished = None if ended_days_ago is None else now - timedelta(days=ended_days_ago)
     job = Job.objects.create(
-        owner_token="t" * 32,
+        owner_token="" if user else "t" * 32,
+        owner_user=user,
         kind="report",
         params={"rows": 1},
         state=state,
@@ -181,7 +189,7 @@ def test_purged_result_file_is_no_longer_served(client: Any) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(JOB_RETENTION_DAYS=30)
+@override_settings(JOB_RETENTION_DAYS=30, JOB_RETENTION_DAYS_ANONYMOUS=30)
 def test_purge_task_on_the_worker_purges_jobs_older_than_the_retention_days(worker: Any) -> None:
     old = make_job(JobState.SUCCEEDED, ended_days_ago=31, with_file=True)
     young = make_job(JobState.SUCCEEDED, ended_days_ago=29, with_file=True)
@@ -193,6 +201,38 @@ def test_purge_task_on_the_worker_purges_jobs_older_than_the_retention_days(work
     assert exists(young) and result_dir(young.id).is_dir()
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(JOB_RETENTION_DAYS=30)
+def test_purge_task_on_the_worker_purges_anonymous_jobs_after_a_day_and_keeps_signed_in_ones_of_that_age(
+    worker: Any,
+) -> None:
+    anonymous_old = make_job(JobState.SUCCEEDED, ended_days_ago=1.5, with_file=True)
+    anonymous_young = make_job(JobState.SUCCEEDED, ended_days_ago=0.5, with_file=True)
+    signed_in_same_age = make_job(JobState.SUCCEEDED, ended_days_ago=1.5, with_file=True, user=user_with("ada"))
+
+    purge_finished.delay()
+
+    assert wait_until(lambda: not exists(anonymous_old), timeout=30), "the worker never purged the anonymous job"
+    assert not result_dir(anonymous_old.id).exists()
+    assert exists(anonymous_young) and result_dir(anonymous_young.id).is_dir()
+    assert exists(signed_in_same_age) and result_dir(signed_in_same_age.id).is_dir()
+
+
+def test_anonymous_retention_defaults_to_one_day() -> None:
+    assert settings.JOB_RETENTION_DAYS_ANONYMOUS == 1
+
+
+@pytest.mark.django_db
+@override_settings(JOB_RETENTION_DAYS=0, JOB_RETENTION_DAYS_ANONYMOUS=1)
+def test_purge_task_with_signed_in_retention_0_still_purges_anonymous_jobs() -> None:
+    anonymous = make_job(JobState.FAILED, ended_days_ago=2)
+    signed_in = make_job(JobState.FAILED, ended_days_ago=3000, user=user_with("grace"))
+
+    assert purge_finished.apply().get() == {"jobs": 1, "directories": 0}
+
+    assert not exists(anonymous) and exists(signed_in)
+
+
 def test_purge_task_is_registered_under_its_beat_name() -> None:
     from celery_app import app
 
@@ -201,7 +241,7 @@ def test_purge_task_is_registered_under_its_beat_name() -> None:
 
 
 @pytest.mark.django_db
-@override_settings(JOB_RETENTION_DAYS=0)
+@override_settings(JOB_RETENTION_DAYS=0, JOB_RETENTION_DAYS_ANONYMOUS=0)
 def test_purge_task_keeps_everything_when_retention_is_0() -> None:
     old = make_job(JobState.SUCCEEDED, ended_days_ago=3000)
 
@@ -233,7 +273,7 @@ def test_purge_command_purges_jobs_older_than_the_given_age() -> None:
 
 
 @pytest.mark.django_db
-@override_settings(JOB_RETENTION_DAYS=5)
+@override_settings(JOB_RETENTION_DAYS=5, JOB_RETENTION_DAYS_ANONYMOUS=5)
 def test_purge_command_defaults_to_the_retention_days() -> None:
     old = make_job(JobState.SUCCEEDED, ended_days_ago=6)
     young = make_job(JobState.SUCCEEDED, ended_days_ago=4)
@@ -244,11 +284,26 @@ def test_purge_command_defaults_to_the_retention_days() -> None:
 
 
 @pytest.mark.django_db
-@override_settings(JOB_RETENTION_DAYS=0)
+@override_settings(JOB_RETENTION_DAYS=30, JOB_RETENTION_DAYS_ANONYMOUS=1)
+def test_purge_command_defaults_to_each_owners_retention_and_says_so() -> None:
+    anonymous = make_job(JobState.SUCCEEDED, ended_days_ago=2)
+    signed_in = make_job(JobState.SUCCEEDED, ended_days_ago=2, user=user_with("linus"))
+
+    output = run_command("purge")
+
+    assert output == (
+        "Purged 1 finished job(s) that ended over 30 days ago (anonymous owners': over 1 day ago) "
+        "and 0 result directory(ies).\n"
+    )
+    assert not exists(anonymous) and exists(signed_in)
+
+
+@pytest.mark.django_db
+@override_settings(JOB_RETENTION_DAYS=0, JOB_RETENTION_DAYS_ANONYMOUS=0)
 def test_purge_command_without_age_refuses_when_retention_is_off() -> None:
     old = make_job(JobState.SUCCEEDED, ended_days_ago=3000)
 
-    with pytest.raises(CommandError, match="JOB_RETENTION_DAYS is 0"):
+    with pytest.raises(CommandError, match="JOB_RETENTION_DAYS and JOB_RETENTION_DAYS_ANONYMOUS are 0"):
         run_command("purge")
 
     assert exists(old)
