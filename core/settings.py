@@ -321,6 +321,11 @@ JOB_QUOTA_RUNNING = env_count("JOB_QUOTA_RUNNING", max(1, CELERY_WORKER_CONCURRE
 # every owner there: a fresh cookie does not buy a fresh quota. An IPv6 client counts by
 # its /64, what one subscriber is usually given.
 JOB_QUOTA_PER_IP = env_count("JOB_QUOTA_PER_IP", 20)
+# Storage per owner (jobs/storage_quota.py): a submit at a quota gets 429, a job that
+# would pass it fails and keeps nothing. 512 MiB holds ten of the largest reports (1,000,000
+# rows, ~49 MB); 1,000,000 rows is ten imports of the largest file (5 MiB, ~100k rows).
+JOB_QUOTA_RESULT_BYTES = env_count("JOB_QUOTA_RESULT_BYTES", 512 * 1024 * 1024)  # bytes of result files
+JOB_QUOTA_IMPORT_ROWS = env_count("JOB_QUOTA_IMPORT_ROWS", 1_000_000)  # rows of csv_import jobs
 # Finished jobs and their result files are purged this many days after they ended
 # (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)

@@ -28,8 +28,9 @@ from jobs.contacts import (
 )
 from jobs.exceptions import JobError
 from jobs.kinds import FileParam, Param, Reporter, job_kind
-from jobs.models import ImportedContact
+from jobs.models import ImportedContact, Job
 from jobs.steps import Step, Steps
+from jobs.storage_quota import StorageQuotaExceeded, import_budget_for
 from jobs.uploads import UploadMissing, upload_job_id, upload_path
 
 # --- sleep -----------------------------------------------------------------------
@@ -184,7 +185,8 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
     (`errors.csv`: line, column, error), the job's result file.
 
     Safe to run twice: it starts by deleting the rows an earlier run of the job stored.
-    A cancelled or failed run keeps the rows it stored before it stopped.
+    A cancelled or failed run keeps the rows it stored before it stopped, except one that
+    would pass the owner's imported rows quota (JOB_QUOTA_IMPORT_ROWS): it deletes them all.
     """
     try:
         path = upload_path(file)
@@ -197,6 +199,7 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
             _, rows = contacts_read(handle)
             total = sum(1 for _ in rows)
         ImportedContact.objects.filter(job_id=job_id).delete()
+        budget = import_budget_for(Job.objects.get(pk=job_id))
         imported = errors = done = 0
         report(current=0, total=total, message=f"importing {total:,} rows")
         with (
@@ -217,6 +220,12 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
                     else:
                         errors += 1
                         writer.writerows((error.line, error.column, error.error) for error in row)
+                if budget is not None:
+                    try:
+                        budget.check(imported + len(valid))
+                    except StorageQuotaExceeded:
+                        ImportedContact.objects.filter(job_id=job_id).delete()
+                        raise
                 # A line stored already (by a run taken for lost that came back) stays: same file, same row.
                 ImportedContact.objects.bulk_create(valid, ignore_conflicts=True)
                 imported += len(valid)

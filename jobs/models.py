@@ -47,6 +47,9 @@ class Job(models.Model):
 
     result = models.JSONField(null=True, blank=True)
     result_file = models.FileField(upload_to="results/", blank=True, default="")
+    # What the job's result files hold on disk, written at its finish: the result
+    # storage quota sums it (jobs/storage_quota.py) instead of walking the files.
+    result_bytes = models.PositiveBigIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True, default="")
     error_detail = models.TextField(blank=True, default="")  # the traceback: logs and staff only
 

@@ -6,6 +6,10 @@ call goes out at once; a call inside the interval only records the newest values
 interval sends them; `flush()` sends what is left before the job's terminal state,
 so the last progress is never lost. `rate` and `eta_seconds` come from the frames sent
 over the last RATE_WINDOW seconds.
+
+With a `result_check`, each frame sent also hands it the bytes the job's result files
+hold so far: it raises (the owner's storage quota, jobs/storage_quota.py) to stop the
+job, from inside the kind's `report()` call.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Progress:
         "_next_at",
         "_pending",
         "_report",
+        "_result_check",
         "_result_dir",
         "_samples",
         "_total",
@@ -59,6 +64,7 @@ class Progress:
         emit: Emit,
         max_rate: float,
         result_dir: Path | None = None,
+        result_check: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._emit = emit
@@ -72,6 +78,7 @@ class Progress:
         self._message = ""
         self._samples: deque[tuple[float, float]] = deque(maxlen=RATE_SAMPLES)
         self._result_dir = result_dir
+        self._result_check = result_check
         self.result_files: list[Path] = []
         self._report = self.as_function()
 
@@ -125,6 +132,15 @@ class Progress:
         self.result_files.append(path)
         return path
 
+    def result_bytes(self) -> int:
+        """What the job's result files hold on disk now."""
+        return sum(path.stat().st_size for path in self.result_files if path.is_file())
+
+    def check_result_size(self) -> None:
+        """Hands `result_check` the bytes the result files hold; it raises to stop the job."""
+        if self._result_check is not None and self.result_files:
+            self._result_check(self.result_bytes())
+
     def unsent(self) -> ProgressUpdate | None:
         """The newest coalesced values not sent yet, for the job's terminal write."""
         if not self._pending:
@@ -137,6 +153,7 @@ class Progress:
         self._next_at = now + self._interval
         if self._emit(self._update(now)):
             self._cancelled = True
+        self.check_result_size()  # at most max_rate stats a second, not one per call
 
     def _update(self, now: float) -> ProgressUpdate:
         rate, eta = self._rate_and_eta(now)

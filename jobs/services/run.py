@@ -36,6 +36,7 @@ from jobs.serializers import RunningFrames
 from jobs.services.fair_share import job_admit, job_owner, job_release_held_on_commit
 from jobs.services.recovery import job_end_lost, progress_restarted
 from jobs.services.transitions import OTHER_WRITER_SEQ_GAP, SEQ_WINDOW, job_transition
+from jobs.storage_quota import StorageQuotaExceeded, result_budget_for
 from notifications.groups import job_groups
 from notifications.publish import publish_frame, publisher
 
@@ -237,6 +238,7 @@ def job_finish(
     progress: ProgressUpdate | None = None,
     result: Mapping[str, Any] | None = None,
     result_file: str = "",
+    result_bytes: int = 0,
     error: str = "",
     error_detail: str = "",
     before_commit: Callable[[], None] | None = None,
@@ -256,6 +258,7 @@ def job_finish(
         "updated_at": now,
         "result": dict(result) if result is not None else None,
         "result_file": result_file,
+        "result_bytes": result_bytes,
         "error": error[:500],
         "error_detail": error_detail,
     }
@@ -334,7 +337,13 @@ def _job_run_started(job: Job) -> Job | None:
     log_context = f"job {job.id} (kind {job.kind})"
     running = RunningJob(job)
     attempt_dir = attempt_result_dir(job.id, running.attempt)
-    reporter = Progress(emit=running.report, max_rate=settings.PROGRESS_MAX_RATE, result_dir=attempt_dir)
+    budget = result_budget_for(job)
+    reporter = Progress(
+        emit=running.report,
+        max_rate=settings.PROGRESS_MAX_RATE,
+        result_dir=attempt_dir,
+        result_check=budget.check if budget is not None else None,
+    )
     publisher.watch_cancel(str(job.id), reporter.request_cancel)
     logger.info("%s: started", log_context)
     outcome: dict[str, Any] = {"state": JobState.SUCCEEDED}
@@ -343,6 +352,7 @@ def _job_run_started(job: Job) -> Job | None:
         if job.cancel_requested:
             raise JobCancelled()
         result = job_kind.run(reporter.as_function(), **job.params) or {}
+        reporter.check_result_size()  # the exact total: the last frame may predate the last bytes
         json.dumps(result, allow_nan=False)  # a result must be plain JSON
         outcome["result"] = result
         if reporter.result_files:
@@ -352,6 +362,9 @@ def _job_run_started(job: Job) -> Job | None:
         outcome = {"state": JobState.CANCELLED}
     except JobError as exc:
         outcome = {"state": JobState.FAILED, "error": str(exc)}
+        if isinstance(exc, StorageQuotaExceeded):  # nothing partial is kept
+            for path in reporter.result_files:
+                path.unlink(missing_ok=True)
     except SoftTimeLimitExceeded:
         message = f"The job ran longer than its limit of {job_kind.soft_time_limit} seconds."
         outcome = {"state": JobState.FAILED, "error": message}
@@ -360,6 +373,8 @@ def _job_run_started(job: Job) -> Job | None:
         outcome = {"state": JobState.FAILED, "error": INTERNAL_ERROR_MESSAGE, "error_detail": traceback.format_exc()}
     finally:
         publisher.unwatch_cancel(str(job.id))
+    # What the job holds: the files the finish moves in (a run that did not succeed keeps none).
+    outcome["result_bytes"] = reporter.result_bytes() if moves else 0
     logger.info("%s: %s %s", log_context, outcome["state"], outcome.get("error", ""))
     # The terminal write carries the newest progress, sent or not: the row may be up to
     # PERSIST_INTERVAL behind what the last frames showed.

@@ -16,6 +16,7 @@ from jobs.models import Job
 from jobs.owners import Owner
 from jobs.quotas import client_address_key, job_quota_check
 from jobs.services.transitions import job_publish
+from jobs.storage_quota import storage_quota_check
 from jobs.task_names import RUN_JOB_TASK
 from jobs.uploads import upload_remove, upload_save
 
@@ -80,11 +81,12 @@ def job_submit(
     client_address: str | None = None,
 ) -> Job:
     """`job_create` within the owner's quotas and its client address's (jobs/quotas.py),
-    counted in the same transaction as the insert. Raises QuotaExceeded, UnknownKind or
-    ParamsInvalid."""
+    and the owner's storage quotas (jobs/storage_quota.py), counted in the same
+    transaction as the insert. Raises QuotaExceeded, UnknownKind or ParamsInvalid."""
     address_key = client_address_key(client_address)
     with transaction.atomic():
         job_quota_check(owner=owner, address_key=address_key)
+        storage_quota_check(owner=owner)
         return job_create(
             owner=owner, kind=kind, params=params, from_text=from_text, files=files, address_key=address_key
         )
