@@ -213,7 +213,8 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
     response={201: JobPayload, 400: ErrorsOut, 413: ErrorsOut, 415: ErrorsOut, 429: ErrorsOut},
     exclude_unset=True,
     summary="Start a job",
-    description="429 when the owner is over a quota (jobs at once, jobs per minute), with `Retry-After` in seconds. "
+    description="429 when the owner is over a quota (jobs at once, jobs per minute, result bytes, imported rows), "
+    "with `Retry-After` in seconds. "
     "A kind with a file parameter (csv_import) takes multipart/form-data: the fields kind, params (a JSON object "
     "in a string) and the file; 413 when the file is over its limit.",
     openapi_extra={
