@@ -180,7 +180,10 @@ def test_debug_is_off_unless_set() -> None:
         "JOB_QUOTA_SOCKETS",
         "JOB_QUOTA_RUNNING",
         "JOB_QUOTA_PER_IP",
+        "JOB_QUOTA_RESULT_BYTES",
+        "JOB_QUOTA_IMPORT_ROWS",
         "JOB_RETENTION_DAYS",
+        "JOB_RETENTION_DAYS_ANONYMOUS",
     ],
 )
 def test_a_bad_quota_or_retention_value_stops_start_up_naming_it(name: str) -> None:
