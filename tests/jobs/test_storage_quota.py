@@ -107,6 +107,24 @@ def test_submit_when_result_files_fill_the_quota_answers_429_naming_it_and_saves
 
 
 @pytest.mark.django_db
+@override_settings(JOB_QUOTA_RESULT_BYTES=1024 * 1024, JOB_RETENTION_DAYS_ANONYMOUS=1)
+def test_an_anonymous_owner_at_the_result_quota_gets_429_until_its_jobs_are_purged() -> None:
+    visitor = Client()
+    first = post_report(visitor, rows=10)
+    assert first.status_code == 201, first.content
+    ended_at = timezone.now() - timedelta(hours=6)
+    Job.objects.filter(pk=first.json()["id"]).update(
+        state=JobState.SUCCEEDED, result_bytes=1024 * 1024, finished_at=ended_at, updated_at=ended_at
+    )
+
+    message, retry_after = over_quota_message(post_report(visitor, rows=10))
+
+    assert "result storage quota of 1 MiB" in message, message
+    assert abs(retry_after - 18 * 3600) < 60, retry_after  # a day of retention, 6 hours of it gone
+    assert post_report(Client(), rows=10).status_code == 201  # another visitor holds nothing
+
+
+@pytest.mark.django_db
 @override_settings(JOB_QUOTA_RESULT_BYTES=1024 * 1024)
 def test_submit_under_the_result_bytes_quota_or_with_bypass_quotas_is_created() -> None:
     client, user = signed_in("grace")
