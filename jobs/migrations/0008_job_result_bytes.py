@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0004_job_permissions"),
+        ("jobs", "0007_client_address"),
     ]
 
     operations = [
