@@ -86,7 +86,7 @@ class SocketCase:
     code: int = 0
     names: str = ""
     send: tuple[str | bytes, ...] = ()
-    origin: str | None = "site"  # "site": the live server's own URL
+    origin: str | None = "site"  # "site": the live server's own URL; {port} is its port
 
 
 Case = HttpCase | FormCase | SocketCase
@@ -311,6 +311,10 @@ SOCKET_CASES = [
     SocketCase("ws-no-origin", "/ws/jobs/{mine}/", "refused", code=403, origin=None),
     SocketCase("ws-null-origin", "/ws/jobs/", "refused", code=403, origin="null"),
     SocketCase("ws-origin-lookalike-host", "/ws/jobs/", "refused", code=403, origin="http://127.0.0.1.evil.example"),
+    # An origin must match the served one in scheme, host and port, not by host alone.
+    SocketCase("ws-origin-other-port", "/ws/jobs/{mine}/", "refused", code=403, origin="http://127.0.0.1:3000"),
+    SocketCase("ws-origin-https-for-http", "/ws/jobs/{mine}/", "refused", code=403, origin="https://127.0.0.1:{port}"),
+    SocketCase("ws-origin-other-allowed-host", "/ws/jobs/", "refused", code=403, origin="http://localhost:{port}"),
 ]
 
 CASES: list[Case] = [*HTTP_POST_CASES, *HTTP_PATH_CASES, *HTTP_PAGING_CASES, *SSE_CASES, *FORM_CASES, *SOCKET_CASES]
@@ -455,7 +459,9 @@ async def run_form(site: Site, case: FormCase) -> None:
 def origin_of(site: Site, case: SocketCase) -> Origin | None:
     if case.origin is None:
         return None
-    return Origin(site.live_server.url if case.origin == "site" else case.origin)
+    if case.origin == "site":
+        return Origin(site.live_server.url)
+    return Origin(case.origin.replace("{port}", str(site.live_server.port)))
 
 
 async def frames_until_close(socket: ClientConnection) -> list[dict[str, Any]]:
