@@ -40,4 +40,5 @@ USER 10001:10001
 # 8000: daphne (HTTP + WebSocket); 5555: Flower, when the container runs it.
 EXPOSE 8000 5555
 
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "core.asgi:application"]
+# --websocket-max-message-size: core/daphne_limits.py WEBSOCKET_MAX_MESSAGE_BYTES (4 KiB + 1 KiB headroom)
+CMD ["daphne", "--websocket-max-message-size", "5120", "-b", "0.0.0.0", "-p", "8000", "core.asgi:application"]

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from core.daphne_limits import daphne_command  # noqa: E402
 from core.redis_local import RedisProcess, free_port, start_redis  # noqa: E402
 
 START_TIMEOUT = 60.0  # seconds for every daphne and worker to answer
@@ -127,7 +128,7 @@ class Stack:
             self.ws_urls.append(f"ws://127.0.0.1:{port}")
             self.spawn(
                 f"daphne{index}",
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), self.asgi],
+                daphne_command(self.asgi, port=port),
             )
         celery = str(Path(sys.executable).parent / "celery")
         for index in range(self.workers):

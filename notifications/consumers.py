@@ -25,6 +25,7 @@ from core.compat.autobahn import FrameCache, write_frame
 from core.compat.channels import FastPathConsumer
 from core.compat.channels_redis import SharedReads
 from core.compat.daphne import daphne_protocol
+from core.daphne_limits import CLIENT_FRAME_MAX_BYTES
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_scope, views_all_now
@@ -41,7 +42,7 @@ from notifications.socket_quota import socket_slot_acquire, socket_slot_release
 logger = logging.getLogger(__name__)
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
 
-MAX_FRAME_BYTES = 4096  # docs/contract.md#close-codes: a client frame over 4 KiB closes with 1009
+MAX_FRAME_BYTES = CLIENT_FRAME_MAX_BYTES  # docs/contract.md#close-codes: a client frame over 4 KiB closes with 1009
 FLOOD_BURST = 20  # client frames allowed at once ...
 FLOOD_RATE = 5.0  # ... refilled per second; past that the socket closes with 4429
 

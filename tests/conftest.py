@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 # Sync Playwright runs an event loop in the test thread beside the ORM.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
+from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port, start_redis
 from tests.environment import TEST_SECRET_KEY
 from tests.processes import stop_process
@@ -190,7 +190,7 @@ def live_server(live_server_env: dict[str, str], tmp_path_factory: pytest.TempPa
     log = tmp_path_factory.mktemp("daphne") / "daphne.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"],
+            daphne_command("core.asgi:application", port=port),
             cwd=ROOT,
             env=live_server_env,
             stdout=out,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from core.daphne_limits import daphne_command
 from core.redis_local import free_port
 from tests.conftest import ROOT
 from tests.processes import stop_process
@@ -43,11 +44,9 @@ class DaphneProcess:
         return int(psutil.Process(self.pid).memory_info().rss)
 
     def start(self) -> None:
-        command = [sys.executable, "-m", "daphne", *self.extra_args, "-b", "127.0.0.1", "-p", str(self.port)]
+        command = daphne_command("core.asgi:application", port=self.port, extra=self.extra_args)
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [*command, "core.asgi:application"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         if not wait_until(self.answers, timeout=START_TIMEOUT, interval=0.05):
             self.stop()
             raise RuntimeError(f"daphne did not answer within {START_TIMEOUT:.0f} s:\n{self.log.read_text()[-3000:]}")

@@ -1,5 +1,5 @@
-"""daphne: close code 1009, a bound on each WebSocket's unsent bytes, request bodies checked
-before they are read, and its protocol behind `send`.
+"""daphne: close code 1009, a bound on each WebSocket's unsent bytes, sends past the incoming
+limit, request bodies checked before they are read, and its protocol behind `send`.
 
 - Close code 1009 (safety: the contract). A client frame over 4 KiB closes with 1009,
   RFC 6455's "message too big" (docs/contract.md#close-codes). daphne hands an
@@ -27,6 +27,12 @@ before they are read, and its protocol behind `send`.
   awaits each `send`) so waits for the client, and a connection holds at most about
   one buffer and one chunk. A request registered while its channel already waits for
   its transport (`HTTPChannel._waitingForTransport`) starts paused.
+
+- Sends unbounded (safety). daphne runs with `--websocket-max-message-size` a little over
+  the contract's 4 KiB (core/daphne_limits.py), and autobahn's `sendMessage` applies that
+  incoming limit to what the server sends too: a snapshot or job frame over 5 KiB would
+  raise `PayloadExceededError` in the consumer. daphne's `serverSend` lifts the limit for
+  its own send; what a client sends stays bound.
 - The protocol behind a send (speed). daphne gives each connection's application
   `functools.partial(Server.handle_reply, protocol)` as its `send`; `daphne_protocol`
   finds the protocol there, so a consumer can write a prebuilt frame to it
@@ -289,6 +295,29 @@ BACK_PRESSURE = UPSTREAM.safety(
     "only while Twisted has not paused it",
     why="a response to a client that does not read would be buffered in daphne whole (a 49 MB result per connection)",
     install=_install_back_pressure,
+
+
+def _install_sends_unbounded() -> None:
+    stock_server_send = WebSocketProtocol.serverSend
+
+    @functools.wraps(stock_server_send)
+    def server_send(self: Any, content: Any, binary: bool = False) -> None:
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0  # autobahn: 0 is no limit; the reactor runs nothing else meanwhile
+        try:
+            stock_server_send(self, content, binary)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    WebSocketProtocol.serverSend = server_send
+
+
+SENDS_UNBOUNDED = UPSTREAM.safety(
+    "sends-unbounded",
+    changes="WebSocketProtocol.serverSend sends with maxMessagePayloadSize lifted (0) for that one sendMessage",
+    why="autobahn's sendMessage bounds outgoing messages by the incoming limit (--websocket-max-message-size): "
+    "every snapshot or job frame over it would crash its consumer",
+    install=_install_sends_unbounded,
 )
 
 
@@ -310,4 +339,4 @@ PROTOCOL_BEHIND_SEND = UPSTREAM.speed(
     why="each frame then goes through daphne's reply handler and autobahn's framing, socket by socket",
 )
 
-PATCHES = (CLOSE_CODES, UNSENT_BOUND, BODY_LIMIT, BACK_PRESSURE, PROTOCOL_BEHIND_SEND)
+PATCHES = (CLOSE_CODES, UNSENT_BOUND, SENDS_UNBOUNDED, BODY_LIMIT, BACK_PRESSURE, PROTOCOL_BEHIND_SEND)

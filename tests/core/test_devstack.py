@@ -116,7 +116,8 @@ def _tail(tmp_path: Path) -> str:
 
 
 def test_procfile_runs_web_worker_with_events_beat_and_flower_under_its_prefix() -> None:
-    lines = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    procfile = (ROOT / "Procfile").read_text().splitlines()
+    lines = dict(line.split(":", 1) for line in procfile if line.strip() and not line.startswith("#"))
     assert set(lines) == {"web", "worker", "flower", "beat"}
     assert "celery -A celery_app beat" in lines["beat"] and "--schedule var/" in lines["beat"]
     assert "daphne" in lines["web"] and "core.asgi:application" in lines["web"]

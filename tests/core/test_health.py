@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient, Client, override_settings
 
+from core.daphne_limits import daphne_command
 from core.health import CACHE_SECONDS, CHECK_NAMES, CHECK_TIMEOUT, GENERIC_ERROR, shared_report
 from core.redis_local import RedisProcess, free_port, start_redis
 from core.settings import channel_layers_for
@@ -156,7 +156,7 @@ class Daphne:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "core.asgi:application"],
+                daphne_command("core.asgi:application", port=self.port),
                 cwd=ROOT,
                 env=env,
                 stdout=out,

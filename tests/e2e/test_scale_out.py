@@ -25,6 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port
 from tests.conftest import ROOT
 from tests.processes import stop_process
@@ -90,7 +91,7 @@ def cluster(
         for name in ("daphne-a", "daphne-b"):
             port = free_port()
             web_urls.append(f"http://127.0.0.1:{port}")
-            spawn(name, [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"])
+            spawn(name, daphne_command("core.asgi:application", port=port))
         for name in WORKERS:
             spawn(name, [celery, "-A", "celery_app", "worker", "-P", "solo", "-n", f"{name}@%h", "-E", "-l", "INFO"])
 

@@ -32,6 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Origin
 
+from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port, start_redis
 from jobs.models import Job, JobState
 from jobs.services import lost_worker_error
@@ -79,7 +80,7 @@ class Stack:
     def start_web(self) -> None:
         port = free_port()
         self.web_url = f"http://127.0.0.1:{port}"
-        self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "core.asgi:application"])
+        self.spawn("web", daphne_command("core.asgi:application", port=port))
 
     def start_worker(self, name: str, *, pool: str = "prefork", concurrency: int = 1) -> subprocess.Popen[bytes]:
         celery = str(Path(sys.executable).parent / "celery")

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from daphne import http_protocol
 from daphne.http_protocol import WebRequest
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.utils import timezone
@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from core.compat import daphne as compat_daphne
+from core.daphne_limits import WEBSOCKET_MAX_MESSAGE_BYTES, daphne_command
 from core.redis_local import free_port
 from jobs.models import Job, JobState
 from jobs.progress import ProgressUpdate
@@ -66,6 +67,9 @@ UPSTREAM = {
     "HTTPChannel.pauseProducing": (http.HTTPChannel.pauseProducing, "8fe306cf284ba8e7"),
     "HTTPChannel.resumeProducing": (http.HTTPChannel.resumeProducing, "561ac237d3468e84"),
     "HTTPChannel.stopProducing": (http.HTTPChannel.stopProducing, "4a69f745d6382f0a"),
+    # sends-unbounded: daphne's send, and autobahn's check of an outgoing message's size
+    "WebSocketProtocol.serverSend": (WebSocketProtocol.serverSend, "345f21330d2a18ce"),
+    "autobahn WebSocketProtocol.sendMessage": (AutobahnProtocol.sendMessage, "048d6bcf0d712309"),
 }
 
 
@@ -88,16 +92,7 @@ def probe_daphne(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("probe") / "daphne.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "tests.core.compat.probe_asgi:application",
-            ],
+            daphne_command("tests.core.compat.probe_asgi:application", port=port),
             cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=out,
@@ -393,6 +388,32 @@ async def test_a_watcher_that_stops_reading_is_dropped_without_slowing_others_or
     growth = rss_after - rss_before
     print(f"daphne RSS grew by {growth / 2**20:.1f} MiB while {FLOOD_FRAMES * frame_bytes / 2**20:.0f} MiB were sent")
     assert growth < RSS_GROWTH_MAX, f"daphne grew by {growth / 2**20:.1f} MiB"
+
+
+# --- sends past the incoming limit ---------------------------------------------------
+
+SNAPSHOT_JOBS = 6  # jobs of one owner, each with PAD in its params: a snapshot of ~20 KB
+
+
+async def test_a_snapshot_over_the_incoming_message_limit_reaches_the_client(daphne: DaphneProcess) -> None:
+    async with httpx.AsyncClient(base_url=daphne.url, timeout=FRAME_TIMEOUT) as client:
+        assert (await client.get("/")).status_code == 200
+        sessionid = client.cookies["sessionid"]
+    token = await asyncio.to_thread(session_owner_token, sessionid=sessionid, env=daphne.env)
+    now = timezone.now()
+    for _ in range(SNAPSHOT_JOBS):
+        await Job.objects.acreate(
+            owner_token=token, kind="sleep", params={"steps": 1, "pad": PAD}, state=JobState.QUEUED, seq=1,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+    cookie = {"Cookie": f"sessionid={sessionid}"}
+    async with ws_connect(
+        f"{daphne.ws_url}/ws/jobs/", origin=Origin(daphne.url), additional_headers=cookie, max_size=None
+    ) as socket_:
+        text = str(await asyncio.wait_for(socket_.recv(), FRAME_TIMEOUT))
+    assert len(text.encode()) > 3 * WEBSOCKET_MAX_MESSAGE_BYTES
+    assert len(json.loads(text)["jobs"]) == SNAPSHOT_JOBS
+    assert "PayloadExceededError" not in daphne.log.read_text(errors="replace")
 
 
 async def _true(value: bool) -> bool:

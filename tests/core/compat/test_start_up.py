@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.typing import Origin
 
+from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port
 from tests.conftest import ROOT
 from tests.processes import stop_process
@@ -44,10 +45,8 @@ def worker_main(*args: str) -> str:
 
 
 def daphne_main(port: int) -> str:
-    return (
-        f"sys.argv = ['daphne', '-b', '127.0.0.1', '-p', '{port}', 'core.asgi:application']; "
-        "from daphne.cli import CommandLineInterface; CommandLineInterface.entrypoint()"
-    )
+    argv = ["daphne", *daphne_command("core.asgi:application", port=port)[3:]]
+    return f"sys.argv = {argv!r}; from daphne.cli import CommandLineInterface; CommandLineInterface.entrypoint()"
 
 
 def test_a_worker_whose_kombu_guard_is_out_of_range_stops_naming_kombu(redis_server: RedisProcess) -> None:

@@ -1,0 +1,191 @@
+"""The bounds on what a client may make a daphne hold, on a real daphne started as the
+Procfile starts it (core/daphne_limits.py): a message over the bound is refused at its
+frame header, however slowly its payload comes, and daphne's memory stays flat."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
+
+from core.daphne_limits import WEBSOCKET_MAX_MESSAGE_BYTES
+from tests.live_daphne import DaphneProcess
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 10.0  # seconds for a handshake, frame or close on this shared machine
+CLAIMED = 1024 * 1024  # the payload length the slow frame's header claims
+CHUNK = 512  # bytes of payload per write ...
+CHUNK_EVERY = 0.02  # ... this many seconds apart: a client trickling a big frame
+SENT_MAX = 64 * 1024  # payload bytes the client gives up after if daphne never refuses
+SLOW_SOCKETS = 50  # slow 1 MiB frames at once, for daphne's memory
+SLOW_CHUNKS = 96  # 4 KiB writes per slow socket: 384 KiB each, 19 MiB in all, if daphne kept taking them
+RSS_GROWTH_MAX = 8 * 1024 * 1024  # bytes daphne may grow by meanwhile
+
+
+@pytest.fixture
+def daphne(live_server_env: dict[str, str], tmp_path: Path) -> Iterator[DaphneProcess]:
+    server = DaphneProcess(env=live_server_env, log=tmp_path / "daphne.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def new_session(daphne: DaphneProcess) -> str:
+    with httpx.Client(base_url=daphne.url, timeout=TIMEOUT) as client:
+        assert client.get("/").status_code == 200  # the page creates the anonymous session
+        return client.cookies["sessionid"]
+
+
+def open_raw_socket(daphne: DaphneProcess, path: str, sessionid: str | None) -> socket.socket:
+    """A WebSocket handshake over a plain socket; returns it right after the 101."""
+    sock = socket.create_connection(("127.0.0.1", daphne.port), timeout=TIMEOUT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    cookie = f"Cookie: sessionid={sessionid}\r\n" if sessionid else ""
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{daphne.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: {daphne.url}\r\n{cookie}\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = sock.recv(1)
+        assert byte, f"closed during the handshake: {head!r}"
+        head += byte
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def frame_header(length: int) -> bytes:
+    """A client's text frame header claiming `length` bytes of payload, masked with a zero
+    key (RFC 6455 allows any): the payload goes as it is, valid UTF-8, so nothing but its
+    size can make daphne refuse it."""
+    return bytes((0x81, 0x80 | 127)) + struct.pack(">Q", length) + bytes(4)
+
+
+def server_closed(received: bytes) -> bool:
+    """Whether the server's frames so far (unmasked, RFC 6455 5.2) hold a close frame."""
+    at = 0
+    while at + 2 <= len(received):
+        opcode, size = received[at] & 0x0F, received[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size, at = int.from_bytes(received[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(received[at : at + 8], "big"), at + 8
+        if opcode == 0x8:
+            return True
+        at += size
+    return False
+
+
+def trickle_until_refused(sock: socket.socket) -> tuple[int, bool]:
+    """Sends the header of a 1 MiB frame, then its payload slowly; (payload bytes sent,
+    whether daphne refused it: a close frame, or the connection closed or dropped)."""
+    sock.sendall(frame_header(CLAIMED))
+    sock.setblocking(False)
+    sent = 0
+    received = b""
+    try:
+        while sent < SENT_MAX:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return sent, True
+                received += chunk
+                if server_closed(received):
+                    return sent, True
+            except BlockingIOError:
+                pass
+            sock.sendall(b"x" * CHUNK)
+            sent += CHUNK
+            time.sleep(CHUNK_EVERY)  # the slow client itself, not a wait for the server
+    except (BrokenPipeError, ConnectionResetError):
+        return sent, True
+    return sent, False
+
+
+def test_a_1_mib_frame_sent_slowly_is_refused_after_a_few_kib(daphne: DaphneProcess) -> None:
+    sock = open_raw_socket(daphne, "/ws/jobs/", new_session(daphne))
+    try:
+        sent, refused = trickle_until_refused(sock)
+    finally:
+        sock.close()
+    print(f"daphne refused the 1 MiB frame after {sent} payload bytes")
+    assert refused, f"daphne took {sent} bytes of a frame claiming {CLAIMED} and kept the socket open"
+    assert sent <= 8 * 1024
+
+
+def refused_now(sock: socket.socket, received: bytearray) -> bool:
+    """Whether daphne has closed or dropped this connection (reads what waits, never blocks)."""
+    try:
+        while chunk := sock.recv(65536):
+            received.extend(chunk)
+    except BlockingIOError:
+        return server_closed(bytes(received))
+    except ConnectionResetError:
+        return True
+    return True  # EOF
+
+
+def test_many_slow_1_mib_frames_leave_daphnes_memory_flat(daphne: DaphneProcess) -> None:
+    sessionid = new_session(daphne)
+    rss_before = daphne.rss()
+    socks = [open_raw_socket(daphne, "/ws/jobs/", sessionid) for _ in range(SLOW_SOCKETS)]
+    try:
+        for sock in socks:
+            sock.sendall(frame_header(CLAIMED))
+            try:
+                for _ in range(SLOW_CHUNKS):
+                    sock.sendall(b"x" * 4096)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused already
+            sock.setblocking(False)
+        received = [bytearray() for _ in socks]
+        pending = set(range(SLOW_SOCKETS))
+
+        def all_refused() -> bool:
+            pending.difference_update({i for i in pending if refused_now(socks[i], received[i])})
+            return not pending
+
+        everyone_refused = wait_until(all_refused, timeout=TIMEOUT)
+        rss_after = daphne.rss()
+    finally:
+        for sock in socks:
+            sock.close()
+    growth = rss_after - rss_before
+    print(
+        f"{SLOW_SOCKETS - len(pending)} of {SLOW_SOCKETS} slow 1 MiB frames refused; RSS grew {growth / 2**20:.1f} MiB"
+    )
+    assert everyone_refused, f"{len(pending)} sockets still open with a 1 MiB frame in progress"
+    assert growth < RSS_GROWTH_MAX
+
+
+async def test_a_message_at_the_bound_reaches_the_consumer_which_closes_1009(daphne: DaphneProcess) -> None:
+    sessionid = await asyncio.to_thread(new_session, daphne)
+    async with connect(
+        f"{daphne.ws_url}/ws/jobs/",
+        origin=Origin(daphne.url),
+        additional_headers={"Cookie": f"sessionid={sessionid}"},
+        open_timeout=TIMEOUT,
+        max_size=None,
+    ) as ws:
+        await asyncio.wait_for(ws.recv(), TIMEOUT)  # the snapshot
+        await ws.send("x" * WEBSOCKET_MAX_MESSAGE_BYTES)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert ws.close_code == 1009, (ws.close_code, ws.close_reason)
