@@ -20,6 +20,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from core.compat.autobahn import FrameCache, write_frame
 from core.compat.channels import FastPathConsumer
@@ -40,6 +41,13 @@ from notifications.socket_db import socket_db
 from notifications.socket_quota import socket_slot_acquire, socket_slot_release
 
 logger = logging.getLogger(__name__)
+
+
+def has_session_cookie(scope: dict[str, Any]) -> bool:
+    """Whether the handshake carries a session cookie at all (no database trip)."""
+    return bool(scope.get("cookies", {}).get(settings.SESSION_COOKIE_NAME))
+
+
 FRAMES = FrameCache()  # one wire frame per job frame, shared by every socket of this process
 
 MAX_FRAME_BYTES = CLIENT_FRAME_MAX_BYTES  # docs/contract.md#close-codes: a client frame over 4 KiB closes with 1009
@@ -48,6 +56,7 @@ FLOOD_RATE = 5.0  # ... refilled per second; past that the socket closes with 44
 
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
+CLOSE_NO_SESSION = 4401  # docs/contract.md#close-codes: a socket without a session; checked before 4404
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
 CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/socket_quota.py)
@@ -73,6 +82,9 @@ class JobStreamConsumer(FastPathConsumer):
         await self.accept()
         self.send_past_session_middleware()
         self.daphne_protocol: Any = daphne_protocol(self.base_send)  # None unless daphne serves the socket
+        if not has_session_cookie(self.scope):  # refused before any database or Redis trip
+            await self.close(code=CLOSE_NO_SESSION)
+            return
         if self.session_group is not None:  # joined before the session is read: no sign-out falls between
             await self.channel_layer.group_add(self.session_group, self.channel_name)
         await self.start_stream()
@@ -177,13 +189,17 @@ class JobConsumer(JobStreamConsumer):
     async def start_stream(self) -> None:
         parsed = parse_job_id(self.scope["url_route"]["kwargs"]["job_id"])
         if parsed is None:
-            await self.close(code=CLOSE_NOT_FOUND)
+            self.owner = await socket_db(owner_from_scope, self.scope)
+            await self.close(code=CLOSE_NO_SESSION if self.owner is None else CLOSE_NOT_FOUND)
             return
         self.job_id = str(parsed)
         # Joining the group of a job that turns out not to be visible costs nothing:
         # the close leaves it.
         self.follow = Follow([job_group(parsed)])
         payload = await self.follow.open(self._snapshot, channel=self.local_channel)
+        if self.owner is None:  # a cookie of a session that is gone or holds no owner
+            await self.close(code=CLOSE_NO_SESSION)
+            return
         if payload is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
@@ -202,6 +218,8 @@ class JobConsumer(JobStreamConsumer):
     def _snapshot(self) -> JobPayload | None:
         """One trip to the database thread: the owner, the visibility check, the job."""
         self.owner = owner_from_scope(self.scope)
+        if self.owner is None:
+            return None
         job = job_get_visible(owner=self.owner, job_id=self.job_id)
         if job is None:
             return None
@@ -228,10 +246,10 @@ class OwnerJobsConsumer(JobStreamConsumer):
         # One trip to the database for the owner, a second one for the snapshot: the
         # group to join before the snapshot is read depends on the owner.
         self.owner = await socket_db(owner_from_scope, self.scope)
-        if not await self.admit():
+        if self.owner is None:
+            await self.close(code=CLOSE_NO_SESSION)
             return
-        if self.owner is None:  # no session: nothing of theirs to show
-            await self.send(text_data=snapshot_frame_text([]))
+        if not await self.admit():
             return
         self.follow = owner_follow(self.owner)
         payloads = await self.follow.open(functools.partial(read_owner_jobs, self.owner), channel=self.local_channel)
@@ -253,7 +271,7 @@ class UnknownPathConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
-        await self.close(code=CLOSE_NOT_FOUND)
+        await self.close(code=CLOSE_NOT_FOUND if has_session_cookie(self.scope) else CLOSE_NO_SESSION)
 
 
 class StaffJobsConsumer(JobStreamConsumer):
@@ -266,7 +284,10 @@ class StaffJobsConsumer(JobStreamConsumer):
     async def start_stream(self) -> None:
         self.live_frames = {}
         self.owner = await socket_db(owner_from_scope, self.scope)
-        if self.owner is None or not self.owner.views_all:
+        if self.owner is None:
+            await self.close(code=CLOSE_NO_SESSION)
+            return
+        if not self.owner.views_all:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.follow = staff_follow(self.resync)

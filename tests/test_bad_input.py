@@ -87,6 +87,7 @@ class SocketCase:
     names: str = ""
     send: tuple[str | bytes, ...] = ()
     origin: str | None = "site"  # "site": the live server's own URL; {port} is its port
+    cookie: bool = True  # False: the handshake carries no session cookie
 
 
 Case = HttpCase | FormCase | SocketCase
@@ -312,6 +313,10 @@ SOCKET_CASES = [
     SocketCase("ws-null-origin", "/ws/jobs/", "refused", code=403, origin="null"),
     SocketCase("ws-origin-lookalike-host", "/ws/jobs/", "refused", code=403, origin="http://127.0.0.1.evil.example"),
     # An origin must match the served one in scheme, host and port, not by host alone.
+    SocketCase("ws-no-session-job", "/ws/jobs/{mine}/", "close", code=4401, cookie=False),
+    SocketCase("ws-no-session-owner", "/ws/jobs/", "close", code=4401, cookie=False),
+    SocketCase("ws-no-session-malformed-id", "/ws/jobs/not-a-uuid/", "close", code=4401, cookie=False),
+    SocketCase("ws-no-session-staff", "/ws/staff/jobs/", "close", code=4401, cookie=False),
     SocketCase("ws-origin-other-port", "/ws/jobs/{mine}/", "refused", code=403, origin="http://127.0.0.1:3000"),
     SocketCase("ws-origin-https-for-http", "/ws/jobs/{mine}/", "refused", code=403, origin="https://127.0.0.1:{port}"),
     SocketCase("ws-origin-other-allowed-host", "/ws/jobs/", "refused", code=403, origin="http://localhost:{port}"),
@@ -483,17 +488,16 @@ async def next_error(socket: ClientConnection) -> dict[str, Any]:
 
 async def run_socket(site: Site, case: SocketCase) -> None:
     url = f"{site.live_server.ws_url}{site.fill(case.path)}"
+    headers = site.cookie() if case.cookie else {}
     if case.expect == "refused":
         with pytest.raises(InvalidStatus) as refused:
-            async with connect(
-                url, origin=origin_of(site, case), additional_headers=site.cookie(), open_timeout=TIMEOUT
-            ):
+            async with connect(url, origin=origin_of(site, case), additional_headers=headers, open_timeout=TIMEOUT):
                 pass
         assert refused.value.response.status_code == case.code
         no_traceback(bytes(refused.value.response.body or b"").decode(errors="replace"))
         return
 
-    async with connect(url, origin=origin_of(site, case), additional_headers=site.cookie(), open_timeout=TIMEOUT) as s:
+    async with connect(url, origin=origin_of(site, case), additional_headers=headers, open_timeout=TIMEOUT) as s:
         for frame in case.send:
             await s.send(site.fill(frame) if isinstance(frame, str) else frame)
         if case.expect == "close":

@@ -182,12 +182,12 @@ async def test_signed_in_user_streams_own_jobs_and_not_another_users(
             assert socket.close_code == 4404
 
         # A password change ends the user's other sessions (Django's session hash):
-        # the socket no longer belongs to alice and her job does not exist for it.
+        # the socket's session no longer holds an owner, so it closes 4401.
         await sync_to_async(_change_password)(alice, secret_key)
         async with open_socket(live_server, alice_client, f"/ws/jobs/{job['id']}/") as socket:
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(socket.recv(), FRAME_TIMEOUT)
-            assert socket.close_code == 4404
+            assert socket.close_code == 4401
 
 
 def _change_password(user: Any, secret_key: str) -> None:

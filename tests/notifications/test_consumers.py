@@ -30,7 +30,7 @@ from jobs.owners import SESSION_OWNER_KEY, Owner
 from jobs.progress import ProgressUpdate
 from jobs.serializers import JOB_KEYS
 from jobs.services import job_create, job_finish, job_report_progress, job_start
-from notifications.consumers import CLOSE_FLOOD, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
+from notifications.consumers import CLOSE_FLOOD, CLOSE_NO_SESSION, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
 from notifications.groups import job_group
 from tests.accounts import BYPASS_QUOTAS, VIEW_ALL_JOBS, user_with
 
@@ -219,11 +219,21 @@ async def test_job_socket_with_unknown_id_closes_4404(owner_session: tuple[Owner
     assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4404}
 
 
-async def test_job_socket_without_session_closes_4404() -> None:
+@pytest.mark.parametrize("path", ["/ws/jobs/{job}/", "/ws/jobs/", "/ws/staff/jobs/", "/ws/jobs/not-a-uuid/", "/ws/x/"])
+async def test_a_socket_without_a_session_cookie_closes_4401_before_any_4404(path: str) -> None:
     job = await make_job(new_owner())
-    communicator = await connect(f"/ws/jobs/{job.id}/", None)
+    communicator = await connect(path.replace("{job}", str(job.id)), None)
 
-    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4404}
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4401}
+    assert CLOSE_NO_SESSION == 4401
+
+
+@pytest.mark.parametrize("path", ["/ws/jobs/{job}/", "/ws/jobs/", "/ws/staff/jobs/", "/ws/jobs/not-a-uuid/"])
+async def test_a_socket_whose_session_cookie_names_no_session_closes_4401(path: str) -> None:
+    job = await make_job(new_owner())
+    communicator = await connect(path.replace("{job}", str(job.id)), "no-such-session-key-0123456789abcdef")
+
+    assert await communicator.receive_output(timeout=FRAME_TIMEOUT) == {"type": "websocket.close", "code": 4401}
 
 
 async def test_handshake_without_origin_is_refused(owner_session: tuple[Owner, str]) -> None:
@@ -262,14 +272,6 @@ async def test_owner_socket_snapshot_holds_only_my_jobs_newest_first(owner_sessi
     assert frame["type"] == "snapshot"
     assert [job["id"] for job in frame["jobs"]] == [str(job.id) for job in reversed(mine)]
     assert all(set(job) == JOB_KEYS for job in frame["jobs"])
-    await communicator.disconnect()
-
-
-async def test_owner_socket_without_session_gets_an_empty_snapshot() -> None:
-    await make_job(new_owner())
-    communicator = await connect("/ws/jobs/", None)
-
-    assert await receive(communicator) == {"type": "snapshot", "jobs": []}
     await communicator.disconnect()
 
 
