@@ -116,6 +116,7 @@ class Stack:
             "JOB_QUOTA_SOCKETS": "0",
             "JOB_QUOTA_RUNNING": "0",
             "JOB_QUOTA_PER_IP": "0",  # every benchmark client comes from 127.0.0.1
+            "STREAM_QUOTA_PER_IP": "0",  # every bench client comes from 127.0.0.1
             **self.extra_env,
         }
         for name in ("DJANGO_ALLOW_ASYNC_UNSAFE", "DJANGO_SETTINGS_MODULE"):

@@ -25,8 +25,8 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from core.compat import daphne as compat_daphne  # noqa: E402
 from core.compat import web as compat_web  # noqa: E402
 from core.gc_tuning import tune_after_startup  # noqa: E402
-from jobs.body_limits import request_body_limit  # noqa: E402
 from core.websocket_origin import ExactOriginValidator  # noqa: E402
+from jobs.body_limits import request_body_limit  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
 compat_web.install()

@@ -20,6 +20,9 @@ from django.http import HttpRequest
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 FORWARDED_FOR = b"x-forwarded-for"  # ASGI header names are lower-case bytes
+# What per-address counts use for a peer that is not an IP address (a Unix socket, a
+# test's in-process communicator): such clients share one count.
+UNKNOWN_ADDRESS = "unknown"
 
 
 def client_address(scope_or_request: HttpRequest | Mapping[str, Any]) -> str | None:

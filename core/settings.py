@@ -312,7 +312,7 @@ def env_count(name: str, default: int) -> int:
 
 JOB_QUOTA_ACTIVE = env_count("JOB_QUOTA_ACTIVE", 10)  # jobs queued or running at once
 JOB_QUOTA_PER_MINUTE = env_count("JOB_QUOTA_PER_MINUTE", 30)  # jobs started in any 60 s: 429 + Retry-After
-JOB_QUOTA_SOCKETS = env_count("JOB_QUOTA_SOCKETS", 50)  # WebSockets open at once, over every daphne: close 4429
+JOB_QUOTA_SOCKETS = env_count("JOB_QUOTA_SOCKETS", 50)  # WebSockets and SSE streams open at once: 4429 / 429
 # Fair share (jobs/services/fair_share.py): jobs of one owner running at once; the others
 # wait queued, out of the workers' way. Half the worker slots by default, so one owner
 # never holds them all. Web (queue_position) and worker (the start) read the same value.
@@ -326,6 +326,9 @@ JOB_QUOTA_PER_IP = env_count("JOB_QUOTA_PER_IP", 20)
 # rows, ~49 MB); 1,000,000 rows is ten imports of the largest file (5 MiB, ~100k rows).
 JOB_QUOTA_RESULT_BYTES = env_count("JOB_QUOTA_RESULT_BYTES", 512 * 1024 * 1024)  # bytes of result files
 JOB_QUOTA_IMPORT_ROWS = env_count("JOB_QUOTA_IMPORT_ROWS", 1_000_000)  # rows of csv_import jobs
+# WebSockets and SSE streams open at once per client address (core/client_address.py), over
+# every daphne: 4429 / 429. Counts anonymous visitors however many cookies they take.
+STREAM_QUOTA_PER_IP = env_count("STREAM_QUOTA_PER_IP", 200)
 # Finished jobs and their result files are purged this many days after they ended
 # (the `jobs.purge_finished` task; `manage.py jobs purge`); 0 keeps them for ever.
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)

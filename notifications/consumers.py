@@ -22,6 +22,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from core.client_address import UNKNOWN_ADDRESS, client_address
 from core.compat.autobahn import FrameCache, write_frame
 from core.compat.channels import FastPathConsumer
 from core.compat.channels_redis import SharedReads
@@ -38,7 +39,7 @@ from notifications.groups import job_group
 from notifications.messages import LayerJobMessage, LayerSessionEndMessage
 from notifications.sessions import session_group_of
 from notifications.socket_db import socket_db
-from notifications.socket_quota import socket_slot_acquire, socket_slot_release
+from notifications.socket_quota import stream_slots_acquire, stream_slots_release
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_NO_SESSION = 4401  # docs/contract.md#close-codes: a socket without a session; checked before 4404
 CLOSE_NOT_FOUND = 4404
 CLOSE_FLOOD = 4429
-CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: a socket over the owner's quota (notifications/socket_quota.py)
+CLOSE_OVER_QUOTA = 4429  # docs/contract.md#quotas: over the owner's or the address's quota (socket_quota.py)
 CLOSE_SIGNED_OUT = 4401  # the socket's session signed out (notifications/sessions.py)
 RIGHTS_RECHECK_SECONDS = 2.5  # how often the staff feed reads its user's jobs.view_all_jobs again
 
@@ -77,6 +78,7 @@ class JobStreamConsumer(FastPathConsumer):
         self.follow = None
         self.closed = False
         self.session_group = session_group_of(self.scope.get("session"))
+        self.address = client_address(self.scope) or UNKNOWN_ADDRESS
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
@@ -93,8 +95,8 @@ class JobStreamConsumer(FastPathConsumer):
         raise NotImplementedError
 
     async def admit(self) -> bool:
-        """Takes one of the owner's socket slots; when none is free, closes 4429 and says False."""
-        if await socket_slot_acquire(owner=self.owner, socket_id=self.channel_name):
+        """Takes a slot of the owner and of the client address; when either is full, closes 4429 and says False."""
+        if await stream_slots_acquire(owner=self.owner, address=self.address, stream_id=self.channel_name):
             return True
         await self.close(code=CLOSE_OVER_QUOTA)
         return False
@@ -111,7 +113,7 @@ class JobStreamConsumer(FastPathConsumer):
             await self.follow.close()
         if self.session_group is not None:
             await self.channel_layer.group_discard(self.session_group, self.channel_name)
-        await socket_slot_release(owner=self.owner, socket_id=self.channel_name)
+        await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.channel_name)
 
     async def session_end(self, message: LayerSessionEndMessage) -> None:
         """The socket's session signed out (notifications/sessions.py)."""

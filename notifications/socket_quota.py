@@ -1,7 +1,10 @@
-"""The socket quota: at most JOB_QUOTA_SOCKETS WebSockets open at once per owner,
-counted over every daphne process in Redis.
+"""The stream quotas: at most JOB_QUOTA_SOCKETS WebSockets and SSE streams open at once per
+owner, and STREAM_QUOTA_PER_IP per client address (core/client_address.py), counted over
+every daphne process in Redis. A stream takes an owner slot and an address slot
+(`stream_slots_acquire`), or neither.
 
-Each owner has a sorted set `jobstream.sockets.<owner key>` in the Redis at REDIS_URL:
+Each owner has a sorted set `jobstream.sockets.<owner key>` (each address
+`jobstream.sockets.ip.<address>`) in the Redis at REDIS_URL:
 one member per open socket (its channel name), scored with the time it expires. Taking
 a slot and counting happen in one Lua script, on Redis' clock, so two daphne processes
 cannot both take the last slot and their clocks need not agree. Each process refreshes
@@ -85,6 +88,36 @@ async def socket_slot_release(*, owner: Owner | None, socket_id: str) -> None:
     slots = _BY_LOOP.get((asyncio.get_running_loop(), settings.REDIS_URL))
     if owner is not None and slots is not None:
         await slots.release(socket_slots_key(owner.key), socket_id)
+
+
+def address_slots_key(address: str) -> str:
+    """The Redis key of a client address's stream set."""
+    return f"{KEY_PREFIX}ip.{address}"
+
+
+def _address_counted(owner: Owner | None) -> bool:
+    return not (owner is not None and owner.bypasses_quotas) and settings.STREAM_QUOTA_PER_IP > 0
+
+
+async def stream_slots_acquire(*, owner: Owner | None, address: str, stream_id: str) -> bool:
+    """Takes an owner slot and a slot of the client address for one stream (a WebSocket or
+    an SSE stream); False, holding neither, when either quota is full."""
+    if not await socket_slot_acquire(owner=owner, socket_id=stream_id):
+        return False
+    if not _address_counted(owner):
+        return True
+    if await _slots().acquire(address_slots_key(address), stream_id, settings.STREAM_QUOTA_PER_IP):
+        return True
+    await socket_slot_release(owner=owner, socket_id=stream_id)
+    return False
+
+
+async def stream_slots_release(*, owner: Owner | None, address: str, stream_id: str) -> None:
+    """Gives back what `stream_slots_acquire` took; nothing for what the stream holds not."""
+    await socket_slot_release(owner=owner, socket_id=stream_id)
+    slots = _BY_LOOP.get((asyncio.get_running_loop(), settings.REDIS_URL))
+    if slots is not None:
+        await slots.release(address_slots_key(address), stream_id)
 
 
 # --- one set of slots per event loop ---------------------------------------------

@@ -14,24 +14,29 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from core.api_errors import errors_response, method_not_allowed_response
+from core.client_address import UNKNOWN_ADDRESS, client_address
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_request
 from jobs.selectors import job_get_visible
 from jobs.serializers import payload_text
 from notifications.follow import job_follow, read_job
 from notifications.sessions import session_group_of
+from notifications.socket_quota import stream_slots_acquire, stream_slots_release
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job again, for a frame lost on the way
+OVER_QUOTA_RETRY_AFTER = 10  # seconds: a stream slot frees when another stream of the visitor ends
 LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
@@ -56,16 +61,45 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             f"Must be a whole number of at most {LAST_EVENT_ID_DIGITS} digits: the seq of the last event seen.",
         )
     last_seq = int(raw_last) if raw_last else -1
-    response = StreamingHttpResponse(
-        _stream(job.id, last_seq=last_seq, staff=owner.views_all, session=request.session),
-        content_type="text/event-stream",
+    slot = StreamSlot(
+        owner=owner, address=client_address(request) or UNKNOWN_ADDRESS, stream_id=f"sse.{uuid.uuid4().hex}"
     )
+    # A finished job's stream is one event and the end, so it takes no slot (as its socket does not).
+    if not job.is_terminal and not await slot.acquire():
+        refused = errors_response(
+            429,
+            "__all__",
+            f"Too many live streams open: at most {settings.JOB_QUOTA_SOCKETS} per visitor and "
+            f"{settings.STREAM_QUOTA_PER_IP} per address (sockets and event streams); close one and retry.",
+        )
+        refused["Retry-After"] = str(OVER_QUOTA_RETRY_AFTER)
+        return refused
+    stream = _stream(job.id, last_seq=last_seq, staff=owner.views_all, session=request.session, slot=slot)
+    response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response
 
 
-async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any) -> AsyncIterator[bytes]:
+@dataclass
+class StreamSlot:
+    """The quota slots an event stream holds (notifications/socket_quota.py) until it ends."""
+
+    owner: Owner
+    address: str
+    stream_id: str
+
+    async def acquire(self) -> bool:
+        return await stream_slots_acquire(owner=self.owner, address=self.address, stream_id=self.stream_id)
+
+    async def release(self) -> None:
+        """Gives back what it holds (nothing, when it took nothing)."""
+        await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.stream_id)
+
+
+async def _stream(
+    job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any, slot: StreamSlot
+) -> AsyncIterator[bytes]:
     follow = job_follow(job_id, staff=staff)
     # Read here, not in the view: a session new with this request has its key only once
     # the response's headers (and the session) are saved.
@@ -97,3 +131,4 @@ async def _stream(job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any
                 return
     finally:
         await follow.close()
+        await slot.release()

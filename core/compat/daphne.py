@@ -295,6 +295,7 @@ BACK_PRESSURE = UPSTREAM.safety(
     "only while Twisted has not paused it",
     why="a response to a client that does not read would be buffered in daphne whole (a 49 MB result per connection)",
     install=_install_back_pressure,
+)
 
 
 def _install_sends_unbounded() -> None:

@@ -10,17 +10,23 @@ import os
 import socket
 import struct
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from django.utils import timezone
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from core.daphne_limits import WEBSOCKET_MAX_MESSAGE_BYTES
-from tests.live_daphne import DaphneProcess
+from jobs.models import Job, JobState
+from notifications.socket_quota import address_slots_key
+from tests.live_daphne import DaphneProcess, session_owner_token
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -189,3 +195,143 @@ async def test_a_message_at_the_bound_reaches_the_consumer_which_closes_1009(dap
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert ws.close_code == 1009, (ws.close_code, ws.close_reason)
+
+
+# --- cookieless sockets --------------------------------------------------------------
+
+COOKIELESS = 500  # sockets without a session, from one address
+COOKIELESS_AT_ONCE = 50  # handshakes in flight
+COOKIELESS_RSS_MAX = 16 * 1024 * 1024  # bytes daphne may grow by for all of them
+
+
+def vm_rss(pid: int) -> int:
+    """Resident memory from /proc/<pid>/status (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def close_code_of(daphne: DaphneProcess, path: str, cookie: dict[str, str]) -> int | None:
+    """The code the server closed the socket with, after whatever frames it sent first."""
+    async with connect(
+        f"{daphne.ws_url}{path}", origin=Origin(daphne.url), additional_headers=cookie, open_timeout=TIMEOUT
+    ) as ws:
+        try:
+            while True:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+        except ConnectionClosed:
+            return ws.close_code
+
+
+async def test_500_cookieless_sockets_from_one_address_close_4401_with_daphnes_memory_flat(
+    daphne: DaphneProcess,
+) -> None:
+    async with connect(f"{daphne.ws_url}/ws/jobs/", origin=Origin(daphne.url), open_timeout=TIMEOUT) as warm:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(warm.recv(), TIMEOUT)
+    rss_before = vm_rss(daphne.pid)
+    gate = asyncio.Semaphore(COOKIELESS_AT_ONCE)
+
+    async def one(index: int) -> int | None:
+        async with gate:
+            return await close_code_of(daphne, "/ws/jobs/" if index % 2 else f"/ws/jobs/{uuid.uuid4()}/", {})
+
+    codes = await asyncio.gather(*(one(index) for index in range(COOKIELESS)))
+    rss_after = vm_rss(daphne.pid)
+    growth = rss_after - rss_before
+    print(f"{codes.count(4401)} of {COOKIELESS} cookieless sockets closed 4401; VmRSS grew {growth / 2**20:.1f} MiB")
+    assert codes == [4401] * COOKIELESS
+    assert growth < COOKIELESS_RSS_MAX
+
+
+# --- streams per client address and per owner ------------------------------------------
+
+PER_IP = 5  # STREAM_QUOTA_PER_IP for these tests
+PER_OWNER = 3  # JOB_QUOTA_SOCKETS for these tests
+
+
+@pytest.fixture
+def quota_daphne(live_server_env: dict[str, str], tmp_path: Path, redis_client: Any) -> Iterator[DaphneProcess]:
+    redis_client.delete(address_slots_key("127.0.0.1"))  # slots other tests' killed daphnes left to expire
+    env = {**live_server_env, "STREAM_QUOTA_PER_IP": str(PER_IP), "JOB_QUOTA_SOCKETS": str(PER_OWNER)}
+    server = DaphneProcess(env=env, log=tmp_path / "daphne.log")
+    server.start()
+    yield server
+    server.stop()
+    redis_client.delete(address_slots_key("127.0.0.1"))
+
+
+async def visitor_with_job(daphne: DaphneProcess) -> tuple[dict[str, str], str]:
+    """A new anonymous visitor's cookie header and a queued job of theirs."""
+    sessionid = await asyncio.to_thread(new_session, daphne)
+    token = await asyncio.to_thread(session_owner_token, sessionid=sessionid, env=daphne.env)
+    now = timezone.now()
+    job = await Job.objects.acreate(
+        owner_token=token, kind="sleep", params={"steps": 1}, state=JobState.QUEUED, seq=1, created_at=now,
+        updated_at=now,
+    )  # fmt: skip
+    return {"Cookie": f"sessionid={sessionid}"}, str(job.id)
+
+
+async def open_stream(stack: AsyncExitStack, daphne: DaphneProcess, cookie: dict[str, str], path: str) -> Any:
+    """An open WebSocket past its first frame, held until `stack` closes."""
+    ws = await stack.enter_async_context(
+        connect(f"{daphne.ws_url}{path}", origin=Origin(daphne.url), additional_headers=cookie, open_timeout=TIMEOUT)
+    )
+    await asyncio.wait_for(ws.recv(), TIMEOUT)
+    return ws
+
+
+async def open_sse(stack: AsyncExitStack, http: httpx.AsyncClient, cookie: dict[str, str], job_id: str) -> int:
+    """The status of an event stream of the job; a 200 one stays open until `stack` closes."""
+    response = await stack.enter_async_context(http.stream("GET", f"/api/jobs/{job_id}/events/", headers=cookie))
+    if response.status_code == 200:
+        # The iterator is kept until the stack closes: a collected one closes the response.
+        events = stack.enter_context(_Kept(response.aiter_bytes())).iterator
+        await asyncio.wait_for(anext(events), TIMEOUT)  # the first event: it is streaming
+    else:
+        await response.aread()
+    return response.status_code
+
+
+class _Kept:
+    """Holds an object for the life of an exit stack."""
+
+    def __init__(self, iterator: Any) -> None:
+        self.iterator = iterator
+
+    def __enter__(self) -> _Kept:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.iterator
+
+
+async def test_streams_past_the_address_quota_close_4429_and_sse_gets_429(quota_daphne: DaphneProcess) -> None:
+    async with AsyncExitStack() as stack, httpx.AsyncClient(base_url=quota_daphne.url, timeout=TIMEOUT) as http:
+        visitors = [await visitor_with_job(quota_daphne) for _ in range(PER_IP + 1)]
+        for cookie, _ in visitors[: PER_IP - 1]:  # a fresh cookie each: no owner is near their own quota
+            await open_stream(stack, quota_daphne, cookie, "/ws/jobs/")
+        cookie, job_id = visitors[PER_IP - 1]
+        assert await open_sse(stack, http, cookie, job_id) == 200  # the address's last slot, taken by SSE
+        late_cookie, late_job = visitors[PER_IP]
+        assert await close_code_of(quota_daphne, "/ws/jobs/", late_cookie) == 4429
+        assert await close_code_of(quota_daphne, f"/ws/jobs/{late_job}/", late_cookie) == 4429
+        response = await http.get(f"/api/jobs/{late_job}/events/", headers=late_cookie)
+        assert response.status_code == 429, response.text
+        assert "per address" in response.json()["errors"]["__all__"][0]
+        assert response.headers["Retry-After"].isdigit()
+    # Every stream closed: the address's slots are free again.
+    async with AsyncExitStack() as stack:
+        await open_stream(stack, quota_daphne, late_cookie, "/ws/jobs/")
+
+
+async def test_sse_streams_count_in_the_owners_quota(quota_daphne: DaphneProcess) -> None:
+    async with AsyncExitStack() as stack, httpx.AsyncClient(base_url=quota_daphne.url, timeout=TIMEOUT) as http:
+        cookie, job_id = await visitor_with_job(quota_daphne)
+        for _ in range(PER_OWNER - 1):
+            assert await open_sse(stack, http, cookie, job_id) == 200
+        await open_stream(stack, quota_daphne, cookie, "/ws/jobs/")  # the owner's last slot
+        assert await open_sse(stack, http, cookie, job_id) == 429
+        assert await close_code_of(quota_daphne, "/ws/jobs/", cookie) == 4429

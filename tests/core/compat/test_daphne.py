@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne import http_protocol
 from daphne.http_protocol import WebRequest
-from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from django.utils import timezone
