@@ -291,6 +291,7 @@ SOCKET_CASES = [
     ),
     SocketCase("ws-binary-over-4-KiB", "/ws/jobs/{mine}/", "close", code=1009, send=(b"\x00" * 5000,)),
     SocketCase("ws-flood", "/ws/jobs/{mine}/", "close", code=4429, send=('{"type": "ping"}',) * 100),
+    SocketCase("ws-cancel-flood", "/ws/jobs/", "close", code=4429, send=(cancel_with("{finished}"),) * 100),
     SocketCase("ws-owner-cancel-without-id", "/ws/jobs/", "error", names="id", send=(CANCEL,)),
     SocketCase("ws-owner-cancel-malformed-id", "/ws/jobs/", "error", names="id", send=(cancel_with("not-a-uuid"),)),
     SocketCase("ws-owner-cancel-numeric-id", "/ws/jobs/", "error", names="id", send=(cancel_with(5),)),

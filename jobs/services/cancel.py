@@ -26,16 +26,19 @@ def job_cancel(*, owner: Owner, job_id: object) -> Job:
     job = job_get_visible(owner=owner, job_id=job_id)
     if job is None:
         raise JobNotFound()
-    now = timezone.now()
-    cancelled = job_transition(
-        job_id=job.id, from_states={JobState.QUEUED}, state=JobState.CANCELLED, finished_at=now, updated_at=now
-    )
-    if cancelled is not None:
-        transaction.on_commit(lambda: task_revoke(task_id=str(job.id)))
-        # Its owner's jobs behind it in line move up a place.
-        job_release_held_on_commit(owner_user_id=job.owner_user_id, owner_token=job.owner_token)
-        logger.info("job %s (kind %s): cancelled while queued", job.id, job.kind)
-        return cancelled
+    if job.state == JobState.QUEUED:
+        now = timezone.now()
+        cancelled = job_transition(
+            job_id=job.id, from_states={JobState.QUEUED}, state=JobState.CANCELLED, finished_at=now, updated_at=now
+        )
+        if cancelled is not None:
+            transaction.on_commit(lambda: task_revoke(task_id=str(job.id)))
+            # Its owner's jobs behind it in line move up a place.
+            job_release_held_on_commit(owner_user_id=job.owner_user_id, owner_token=job.owner_token)
+            logger.info("job %s (kind %s): cancelled while queued", job.id, job.kind)
+            return cancelled
+    elif job.state == JobState.RUNNING and job.cancel_requested:
+        return job  # asked already: a repeated cancel frame costs no write and no second signal
     with transaction.atomic():
         asked = Job.objects.filter(pk=job.id, state=JobState.RUNNING).update(cancel_requested=True)
     job.refresh_from_db()

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.models import JobState
@@ -110,3 +112,21 @@ def test_cancel_of_a_queued_job_means_the_worker_never_runs_it(worker: Any) -> N
     assert wait_until(lambda: fresh(probe).state == JobState.SUCCEEDED, timeout=20)
     saved = fresh(job)
     assert (saved.state, saved.started_at, saved.seq) == (JobState.CANCELLED, None, 2)
+
+
+@pytest.mark.django_db
+def test_a_cancel_of_a_running_job_is_one_write_and_a_repeat_is_none() -> None:
+    job = new_job(state=JobState.RUNNING)
+    with CaptureQueriesContext(connection) as first:
+        job_cancel(owner=OWNER, job_id=job.id)
+    with CaptureQueriesContext(connection) as again:
+        asked = job_cancel(owner=OWNER, job_id=job.id)
+
+    def writes(queries: CaptureQueriesContext) -> list[str]:
+        return [
+            query["sql"] for query in queries.captured_queries if query["sql"].lstrip().upper().startswith("UPDATE")
+        ]
+
+    assert len(writes(first)) == 1, writes(first)  # the cancel_requested flag, not a failed queued->cancelled too
+    assert writes(again) == []
+    assert asked.state == JobState.RUNNING and fresh(job).cancel_requested is True
