@@ -9,7 +9,7 @@ import asyncio
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,30 @@ def user_client(username: str, *codenames: str, is_staff: bool = False) -> Clien
     client = Client()
     client.force_login(user_with(username, *codenames, is_staff=is_staff))
     return client
+
+
+def racing_submits(submit: Callable[[], object], *, threads: int = 8) -> list[str]:
+    """Runs `submit` in `threads` threads released at once; "created" or "refused" (over a
+    quota) for each."""
+    start = threading.Barrier(threads)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            start.wait(timeout=10)
+            submit()
+            outcomes.append("created")
+        except QuotaExceeded:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    running = [threading.Thread(target=one) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=60)
+    return outcomes
 
 
 def assert_over_quota(response: Any) -> tuple[str, int]:
@@ -219,24 +243,8 @@ def test_cancelled_jobs_still_count_against_the_per_minute_quota(client: Client)
 @override_settings(JOB_QUOTA_ACTIVE=0, JOB_QUOTA_PER_MINUTE=3)
 def test_concurrent_submissions_cannot_slip_past_the_quota() -> None:
     owner = Owner(token=secrets.token_hex(16))
-    start = threading.Barrier(8)
-    outcomes: list[str] = []
 
-    def submit() -> None:
-        try:
-            start.wait(timeout=10)
-            job_submit(owner=owner, kind="sleep", params={"steps": 1, "step_seconds": 0})
-            outcomes.append("created")
-        except QuotaExceeded:
-            outcomes.append("refused")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = racing_submits(lambda: job_submit(owner=owner, kind="sleep", params={"steps": 1, "step_seconds": 0}))
 
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
     assert Job.objects.filter(owner_token=owner.token).count() == 3
@@ -331,29 +339,16 @@ def test_concurrent_submissions_of_many_owners_from_one_address_cannot_slip_past
 ) -> None:
     # The jobs must stay active: a worker of this session taking one would end it and free its place.
     monkeypatch.setattr(submit_service, "job_dispatch", lambda *, job_id: True)
-    start = threading.Barrier(8)
-    outcomes: list[str] = []
 
     def submit() -> None:
-        try:
-            start.wait(timeout=10)
-            job_submit(
-                owner=Owner(token=secrets.token_hex(16)),
-                kind="sleep",
-                params={"steps": 1, "step_seconds": 0},
-                client_address="192.0.2.7",
-            )
-            outcomes.append("created")
-        except QuotaExceeded:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+        job_submit(
+            owner=Owner(token=secrets.token_hex(16)),
+            kind="sleep",
+            params={"steps": 1, "step_seconds": 0},
+            client_address="192.0.2.7",
+        )
 
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = racing_submits(submit)
 
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
     assert Job.objects.filter(client_address="192.0.2.7").count() == 3
