@@ -308,12 +308,13 @@ def _files_kept(files: list[Path], *, job_id: uuid.UUID) -> list[tuple[Path, Pat
     return [(path, job_result_dir(job_id) / path.name) for path in files]
 
 
-def _move_files(moves: list[tuple[Path, Path]]) -> None:
-    """Moves an attempt's files into the job's directory; again after a retried final
-    write, a file already moved is left where it is."""
+def _move_files(moves: list[tuple[Path, Path]], *, attempt_dir: Path) -> None:
+    """Moves an attempt's files into the job's directory and removes what is left of the
+    attempt's; again after a retried final write, a file already moved is left where it is."""
     for source, target in moves:
         if source.exists() or not target.exists():
             os.replace(source, target)
+    shutil.rmtree(attempt_dir, ignore_errors=True)
 
 
 # --- the run ---------------------------------------------------------------------
@@ -380,16 +381,17 @@ def _job_run_started(job: Job) -> Job | None:
     # PERSIST_INTERVAL behind what the last frames showed.
     progress = reporter.unsent() or running.last_update
     finish = {"job_id": job.id, "attempt": running.attempt, "seq_above": running.job.seq, "progress": progress}
+    if not moves:  # nothing to keep: gone before anyone reads the end
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+    keep = partial(_move_files, moves, attempt_dir=attempt_dir) if moves else None
     try:
         try:
-            finished = _job_finish_retrying(
-                log_context, **finish, **outcome, before_commit=partial(_move_files, moves) if moves else None
-            )
+            finished = _job_finish_retrying(log_context, **finish, **outcome, before_commit=keep)
         except OSError:
             logger.exception("%s: its result file could not be kept", log_context)
             finished = _job_finish_retrying(log_context, **finish, state=JobState.FAILED, error=RESULT_NOT_KEPT_MESSAGE)
     finally:
-        shutil.rmtree(attempt_dir, ignore_errors=True)  # what was moved is gone from it; the rest is dropped
+        shutil.rmtree(attempt_dir, ignore_errors=True)  # a run whose end was dropped: its files go too
     if finished is None:
         logger.warning(
             "%s: attempt %d was ended or replaced meanwhile; its outcome is dropped", log_context, running.attempt
