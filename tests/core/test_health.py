@@ -106,7 +106,10 @@ async def test_concurrent_calls_share_one_run_of_the_checks(redis_server: RedisP
         responses = await asyncio.gather(*(AsyncClient().get("/healthz") for _ in range(20)))
         assert {response.status_code for response in responses} <= {200, 503}
         assert shared_report.runs == runs + 1
-        assert counters.pings() - pings == 2  # one run: a PING to the layer's Redis, one to the broker
+        # One run PINGs the layer's Redis and the broker once each; twenty unshared runs would
+        # PING forty times. The session's Redis also serves other clients of the suite (a
+        # worker's broker connection, the publisher's listener), whose own PINGs may land here.
+        assert 2 <= counters.pings() - pings < 20
     finally:
         counters.close()
 
