@@ -10,14 +10,15 @@ signs out (notifications/sessions.py).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
@@ -37,6 +38,8 @@ from notifications.socket_quota import stream_slots_acquire, stream_slots_releas
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job again, for a frame lost on the way
 OVER_QUOTA_RETRY_AFTER = 10  # seconds: a stream slot frees when another stream of the visitor ends
+STREAM_START_SECONDS = 10.0  # from a stream's slot taken to its first step, at the most (StreamSlot)
+_watchdogs: set[asyncio.Task[None]] = set()  # held so that a running one is not collected
 LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
@@ -65,7 +68,12 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         owner=owner, address=client_address(request) or UNKNOWN_ADDRESS, stream_id=f"sse.{uuid.uuid4().hex}"
     )
     # A finished job's stream is one event and the end, so it takes no slot (as its socket does not).
-    if not job.is_terminal and not await slot.acquire():
+    try:
+        refused_slot = not job.is_terminal and not await slot.acquire()
+    except asyncio.CancelledError:  # the client left while the slot was being taken
+        await slot.release()
+        raise
+    if refused_slot:
         refused = errors_response(
             429,
             "__all__",
@@ -75,22 +83,54 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         refused["Retry-After"] = str(OVER_QUOTA_RETRY_AFTER)
         return refused
     stream = _stream(job.id, last_seq=last_seq, staff=owner.views_all, session=request.session, slot=slot)
-    response = StreamingHttpResponse(stream, content_type="text/event-stream")
+    response = EventStreamResponse(stream, slot=slot)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
     return response
 
 
+class EventStreamResponse(StreamingHttpResponse):
+    """An event stream that gives its quota slot back when Django closes the response,
+    whether or not its stream ever ran: a client gone before the first event leaves a
+    stream that never started, whose own `finally` never runs."""
+
+    def __init__(self, stream: AsyncIterator[bytes], *, slot: StreamSlot) -> None:
+        super().__init__(stream, content_type="text/event-stream")
+        self.slot = slot
+
+    def close(self) -> None:
+        try:
+            async_to_sync(self.slot.release)()  # Django calls close() in a worker thread
+        finally:
+            super().close()
+
+
 @dataclass
 class StreamSlot:
-    """The quota slots an event stream holds (notifications/socket_quota.py) until it ends."""
+    """The quota slots an event stream holds (notifications/socket_quota.py) until it ends.
+
+    A stream that has not started STREAM_START_SECONDS after its slot was taken gives it
+    back: Django drops a response whose client left while the middleware still ran, and
+    neither its stream's `finally` nor the response's `close()` runs then.
+    """
 
     owner: Owner
     address: str
     stream_id: str
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def acquire(self) -> bool:
-        return await stream_slots_acquire(owner=self.owner, address=self.address, stream_id=self.stream_id)
+        taken = await stream_slots_acquire(owner=self.owner, address=self.address, stream_id=self.stream_id)
+        if taken:
+            _watchdogs.add(task := asyncio.get_running_loop().create_task(self._released_unless_started()))
+            task.add_done_callback(_watchdogs.discard)
+        return taken
+
+    async def _released_unless_started(self) -> None:
+        try:
+            await asyncio.wait_for(self.started.wait(), STREAM_START_SECONDS)
+        except TimeoutError:
+            await self.release()
 
     async def release(self) -> None:
         """Gives back what it holds (nothing, when it took nothing)."""
@@ -100,6 +140,7 @@ class StreamSlot:
 async def _stream(
     job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
+    slot.started.set()
     follow = job_follow(job_id, staff=staff)
     # Read here, not in the view: a session new with this request has its key only once
     # the response's headers (and the session) are saved.

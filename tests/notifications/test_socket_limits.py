@@ -26,6 +26,7 @@ from websockets.typing import Origin
 from core.daphne_limits import WEBSOCKET_MAX_MESSAGE_BYTES
 from jobs.models import Job, JobState
 from notifications.socket_quota import address_slots_key
+from notifications.sse import STREAM_START_SECONDS
 from tests.live_daphne import DaphneProcess, session_owner_token
 from tests.waiting import wait_until
 
@@ -335,3 +336,29 @@ async def test_sse_streams_count_in_the_owners_quota(quota_daphne: DaphneProcess
         await open_stream(stack, quota_daphne, cookie, "/ws/jobs/")  # the owner's last slot
         assert await open_sse(stack, http, cookie, job_id) == 429
         assert await close_code_of(quota_daphne, "/ws/jobs/", cookie) == 4429
+
+
+async def test_event_streams_whose_client_leaves_at_once_give_their_slots_back(
+    quota_daphne: DaphneProcess, redis_client: Any
+) -> None:
+    # The client sends its request and hangs up without reading: depending on when the
+    # hang-up lands, the view is still running, or its stream has not started (whose own
+    # `finally` then never runs), or it has. Every time, the slot must come back.
+    cookie, job_id = await visitor_with_job(quota_daphne)
+    host, port = "127.0.0.1", int(quota_daphne.url.rsplit(":", 1)[1])
+    request = (
+        f"GET /api/jobs/{job_id}/events/ HTTP/1.1\r\nHost: {host}:{port}\r\nCookie: {cookie['Cookie']}\r\n\r\n"
+    ).encode()
+    for attempt in range(3 * PER_IP):
+        with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+            raw.sendall(request)
+            if attempt % 3 == 1:
+                raw.recv(1)  # the answer has begun: the stream is under way
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, at once
+    key = address_slots_key("127.0.0.1")
+    assert wait_until(lambda: redis_client.zcard(key) == 0, timeout=STREAM_START_SECONDS + TIMEOUT), (
+        redis_client.zrange(key, 0, -1)
+    )
+    async with AsyncExitStack() as stack, httpx.AsyncClient(base_url=quota_daphne.url, timeout=TIMEOUT) as http:
+        for _ in range(PER_OWNER):  # the owner's whole quota is free again, too
+            assert await open_sse(stack, http, cookie, job_id) == 200
