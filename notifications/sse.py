@@ -100,7 +100,15 @@ class EventStreamResponse(StreamingHttpResponse):
 
     def close(self) -> None:
         try:
-            async_to_sync(self.slot.release)()  # Django calls close() in a worker thread
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # daphne: Django calls close() in a worker thread
+            loop = None
+        try:
+            if loop is None:
+                async_to_sync(self.slot.release)()
+            else:  # closed on the event loop's own thread (Django's test clients)
+                _watchdogs.add(task := loop.create_task(self.slot.release()))
+                task.add_done_callback(_watchdogs.discard)
         finally:
             super().close()
 
