@@ -14,6 +14,7 @@ job, from inside the kind's `report()` call.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -134,7 +135,11 @@ class Progress:
 
     def result_bytes(self) -> int:
         """What the job's result files hold on disk now."""
-        return sum(path.stat().st_size for path in self.result_files if path.is_file())
+        total = 0
+        for path in self.result_files:
+            with contextlib.suppress(FileNotFoundError):  # named, not written (yet)
+                total += path.stat().st_size  # one stat a file: this runs with every frame sent
+        return total
 
     def check_result_size(self) -> None:
         """Hands `result_check` the bytes the result files hold; it raises to stop the job."""
