@@ -334,6 +334,10 @@ STREAM_QUOTA_PER_IP = env_count("STREAM_QUOTA_PER_IP", 200)
 JOB_RETENTION_DAYS = env_count("JOB_RETENTION_DAYS", 30)
 # The same for anonymous owners' jobs: nobody can come back to them once the session is gone.
 JOB_RETENTION_DAYS_ANONYMOUS = env_count("JOB_RETENTION_DAYS_ANONYMOUS", 1)
+# A job keeps the last this many lines of its log (jobs/logs.py); older ones are dropped.
+JOB_LOG_MAX_LINES = env_count("JOB_LOG_MAX_LINES", 10_000)
+if JOB_LOG_MAX_LINES < 1:
+    raise RuntimeError("JOB_LOG_MAX_LINES must be 1 or more: a job keeps at least the last line of its log.")
 
 # --- Security (`manage.py check --deploy`) ------------------------------------------
 # Session cookie: HttpOnly, SameSite=Lax, Secure unless DEBUG (Auth and sessions above).

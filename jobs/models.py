@@ -50,6 +50,11 @@ class Job(models.Model):
     # What the job's result files hold on disk, written at its finish: the result
     # storage quota sums it (jobs/storage_quota.py) instead of walking the files.
     result_bytes = models.PositiveBigIntegerField(default=0)
+    # The job's log (jobs/logs.py): lines written so far, how many of them are no longer
+    # kept (past JOB_LOG_MAX_LINES), and what the kept ones hold (counted in the result quota).
+    log_total = models.PositiveBigIntegerField(default=0)
+    log_dropped = models.PositiveBigIntegerField(default=0)
+    log_bytes = models.PositiveBigIntegerField(default=0)
     error = models.CharField(max_length=500, blank=True, default="")
     error_detail = models.TextField(blank=True, default="")  # the traceback: logs and staff only
 
@@ -121,3 +126,20 @@ class ImportedContact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} (line {self.line})"
+
+
+class JobLogLine(models.Model):
+    """One kept line of a job's log (docs/contract.md#job-logs); deleted with its job."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_lines")
+    n = models.PositiveBigIntegerField()  # from 1, across the job's attempts
+    t = models.DateTimeField()  # when the kind wrote it
+    level = models.CharField(max_length=8)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["job", "n"]
+        constraints = [models.UniqueConstraint(fields=["job", "n"], name="job_log_line_job_n")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.n}"

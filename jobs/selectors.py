@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 from django.conf import settings
 from django.db.models import Case, CharField, Count, Q, QuerySet, Value, When
 from django.db.models.functions import Cast, Concat
 
-from jobs.models import Job, JobState
+from jobs.logs import BACKFILL_MAX_LINES, LOG_PAGE_MAX, LogLinePayload, LogPage, line_payload, line_text
+from jobs.models import Job, JobLogLine, JobState
 from jobs.owners import Owner
 
 OWNER_SNAPSHOT_SIZE = 20  # docs/contract.md#websocket: the owner socket's snapshot holds the last 20 jobs
@@ -139,3 +141,50 @@ def job_count_by_state() -> dict[str, int]:
     for row in Job.objects.values("state").annotate(n=Count("id")):
         counts[row["state"]] = row["n"]
     return counts
+
+
+# --- logs ------------------------------------------------------------------------
+
+
+def job_log_counts(*, job_id: uuid.UUID | str) -> tuple[int, int]:
+    """(lines written, lines no longer kept) of a job's log."""
+    row = Job.objects.filter(pk=job_id).values_list("log_total", "log_dropped").first()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def job_log_lines(*, job_id: uuid.UUID | str, after: int = 0, limit: int | None = None) -> list[LogLinePayload]:
+    """Kept lines numbered above `after`, oldest first, at most `limit`."""
+    lines = JobLogLine.objects.filter(job_id=job_id, n__gt=after).order_by("n")
+    return [line_payload(line) for line in (lines if limit is None else lines[:limit])]
+
+
+def job_log_page(*, job_id: uuid.UUID | str, after: int, limit: int) -> LogPage:
+    """A page of GET /api/jobs/<id>/log/: `limit` kept lines above `after`, and where the next starts."""
+    total, dropped = job_log_counts(job_id=job_id)
+    lines = job_log_lines(job_id=job_id, after=after, limit=limit + 1)  # one more tells whether a page follows
+    more = len(lines) > limit
+    lines = lines[:limit]
+    if lines:
+        total = max(total, lines[-1]["n"])  # a batch written between the two reads
+    return {"lines": lines, "total": total, "dropped": dropped, "next": lines[-1]["n"] if more else None}
+
+
+def job_log_tail(*, job_id: uuid.UUID | str, after: int, limit: int = BACKFILL_MAX_LINES) -> LogPage:
+    """The last `limit` kept lines above `after` (a stream's backfill), oldest first."""
+    total, dropped = job_log_counts(job_id=job_id)
+    newest = JobLogLine.objects.filter(job_id=job_id, n__gt=after).order_by("-n")[:limit]
+    lines = [line_payload(line) for line in reversed(list(newest))]
+    if lines:
+        total = max(total, lines[-1]["n"])
+    return {"lines": lines, "total": total, "dropped": dropped, "next": None}
+
+
+def job_log_text(*, job_id: uuid.UUID | str, chunk: int = LOG_PAGE_MAX) -> Iterator[str]:
+    """The whole kept log as `log.txt` lines, read `chunk` lines at a time."""
+    after = 0
+    while True:
+        lines = job_log_lines(job_id=job_id, after=after, limit=chunk)
+        if not lines:
+            return
+        yield "".join(line_text(line) for line in lines)
+        after = lines[-1]["n"]
