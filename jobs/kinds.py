@@ -46,6 +46,9 @@ class Reporter(Protocol):
 
     def result_path(self, filename: str) -> Any: ...
 
+    def log(self, text: object, level: str = "info") -> None:
+        """A line for the job's log: levels debug, info, warning, error (docs/contract.md#job-logs)."""
+
 
 # --- Parameters ------------------------------------------------------------------
 

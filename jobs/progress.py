@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.exceptions import JobCancelled
+from jobs.logs import level_checked
 
 RATE_WINDOW = 10.0  # seconds of history behind `rate`: long enough to smooth, short enough to follow
 RATE_SAMPLES = 32  # bounded history, so a long job does not grow memory
@@ -39,6 +40,12 @@ class ProgressUpdate:
 
 # Emits one update; returns True when a cancel has been asked for the job.
 Emit = Callable[[ProgressUpdate], bool]
+# Takes one `report.log(text, level)` call (jobs/log_writer.py); a bad level raises ValueError.
+LogSink = Callable[[str, str], None]
+
+
+def _log_nowhere(text: object, level: str = "info") -> None:
+    level_checked(level)
 
 
 class Progress:
@@ -48,6 +55,7 @@ class Progress:
         "_current",
         "_emit",
         "_interval",
+        "_log",
         "_message",
         "_next_at",
         "_pending",
@@ -66,9 +74,11 @@ class Progress:
         max_rate: float,
         result_dir: Path | None = None,
         result_check: Callable[[int], None] | None = None,
+        log: LogSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._emit = emit
+        self._log = log or _log_nowhere
         self._interval = 1.0 / max_rate if max_rate > 0 else 0.0
         self._clock = clock
         self._next_at = float("-inf")
@@ -108,7 +118,12 @@ class Progress:
             self._send(now)
 
         report.result_path = self.result_path  # type: ignore[attr-defined]
+        report.log = self.log  # type: ignore[attr-defined]
         return report
+
+    def log(self, text: object, level: str = "info") -> None:
+        """Writes a line (or one per line of `text`) to the job's log (jobs/log_writer.py)."""
+        self._log(text, level)
 
     def flush(self) -> None:
         """Sends the newest coalesced values, if any are still unsent."""
