@@ -77,6 +77,7 @@ class JobStreamConsumer(FastPathConsumer):
         self.owner = None
         self.follow = None
         self.closed = False
+        self.left = False
         self.session_group = session_group_of(self.scope.get("session"))
         self.address = client_address(self.scope) or UNKNOWN_ADDRESS
         # Accept first: a close before accept reaches browsers as a failed handshake
@@ -107,13 +108,31 @@ class JobStreamConsumer(FastPathConsumer):
             self.follow.stop()
         await super().close(code=code, reason=reason)
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # However the socket ends (a client gone while `connect` still sends makes the
+        # send raise, and Channels then never calls `disconnect`), its groups are left and
+        # its slots given back: a slot kept would be refreshed for the life of the process.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.leave()
+
     async def disconnect(self, code: int) -> None:
+        await self.leave()
+
+    async def leave(self) -> None:
+        """Leaves the socket's groups and gives its quota slots back; once."""
         self.closed = True
-        if self.follow is not None:
-            await self.follow.close()
-        if self.session_group is not None:
-            await self.channel_layer.group_discard(self.session_group, self.channel_name)
-        await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.channel_name)
+        if getattr(self, "left", True):  # never connected, or already left
+            return
+        self.left = True
+        try:
+            if self.follow is not None:
+                await self.follow.close()
+            if self.session_group is not None:
+                await self.channel_layer.group_discard(self.session_group, self.channel_name)
+        finally:
+            await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.channel_name)
 
     async def session_end(self, message: LayerSessionEndMessage) -> None:
         """The socket's session signed out (notifications/sessions.py)."""
@@ -311,10 +330,10 @@ class StaffJobsConsumer(JobStreamConsumer):
             if not still and not self.closed:
                 await self.close(code=CLOSE_NOT_FOUND)
 
-    async def disconnect(self, code: int) -> None:
+    async def leave(self) -> None:
         if self.recheck is not None:
             self.recheck.cancel()
-        await super().disconnect(code)
+        await super().leave()
 
     async def send_snapshot(self, payloads: list[JobPayload], counts: dict[str, int]) -> None:
         assert self.follow is not None

@@ -179,5 +179,7 @@ async def _stream(
             if message["terminal"]:
                 return
     finally:
-        await follow.close()
-        await slot.release()
+        try:
+            await follow.close()
+        finally:
+            await slot.release()

@@ -32,6 +32,7 @@ from jobs.serializers import JOB_KEYS
 from jobs.services import job_create, job_finish, job_report_progress, job_start
 from notifications.consumers import CLOSE_FLOOD, CLOSE_NO_SESSION, CLOSE_NORMAL, CLOSE_NOT_FOUND, CLOSE_TOO_BIG
 from notifications.groups import job_group
+from notifications.socket_quota import address_slots_key, socket_slots_key
 from tests.accounts import BYPASS_QUOTAS, VIEW_ALL_JOBS, user_with
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -529,3 +530,40 @@ async def test_the_staff_socket_streams_every_owners_jobs_with_view_all_jobs() -
     frame = await receive(communicator)
     assert (frame["type"], frame["job"]["id"], frame["job"]["state"]) == ("job", str(job.id), "running")
     await communicator.disconnect()
+
+
+# --- however a socket ends ---------------------------------------------------------
+
+
+class ClientGone(Exception):
+    """What daphne's send raises once the client has gone (autobahn's `Disconnected`)."""
+
+
+@pytest.mark.parametrize("path_of", [lambda job: f"/ws/jobs/{job.id}/", lambda job: "/ws/jobs/"])
+async def test_a_socket_whose_first_send_fails_gives_its_slots_back_and_leaves_its_groups(
+    owner_session: tuple[Owner, str], redis_client: Any, path_of: Any
+) -> None:
+    # A client gone between the accept and the first frame: the send raises inside
+    # `connect`, and Channels then never calls `disconnect`. Such sockets once kept
+    # their quota slots (refreshed every 20 s for the life of the process: a few of
+    # them locked an owner out) and their group memberships.
+    owner, key = owner_session
+    job = await make_job(owner)
+
+    async def client_gone_at_first_frame(scope: Any, receive: Any, send: Any) -> None:
+        async def send_until_gone(message: dict[str, Any]) -> None:
+            if message["type"] == "websocket.send":
+                raise ClientGone()
+            await send(message)
+
+        await application(scope, receive, send_until_gone)
+
+    communicator = WebsocketCommunicator(client_gone_at_first_frame, path_of(job), headers=headers(key))
+    connected, _ = await communicator.connect(timeout=FRAME_TIMEOUT)
+    assert connected
+    with pytest.raises(ClientGone):
+        await communicator.wait(timeout=FRAME_TIMEOUT)
+    assert redis_client.zcard(socket_slots_key(owner.key)) == 0
+    assert redis_client.zcard(address_slots_key("127.0.0.1")) == 0
+    subscribed = [channel.decode() for channel in redis_client.pubsub_channels("asgi__group__*")]
+    assert not [channel for channel in subscribed if job_group(job.id) in channel or owner.key in channel]

@@ -252,15 +252,33 @@ PER_IP = 5  # STREAM_QUOTA_PER_IP for these tests
 PER_OWNER = 3  # JOB_QUOTA_SOCKETS for these tests
 
 
+QUOTA_REDIS_DB = 7  # the quota tests' daphne counts in a database of its own: the session's
+# other daphnes (the shared live server) hold sockets from 127.0.0.1 too
+
+
 @pytest.fixture
-def quota_daphne(live_server_env: dict[str, str], tmp_path: Path, redis_client: Any) -> Iterator[DaphneProcess]:
-    redis_client.delete(address_slots_key("127.0.0.1"))  # slots other tests' killed daphnes left to expire
-    env = {**live_server_env, "STREAM_QUOTA_PER_IP": str(PER_IP), "JOB_QUOTA_SOCKETS": str(PER_OWNER)}
+def quota_redis(redis_server: Any) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{QUOTA_REDIS_DB}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def quota_daphne(live_server_env: dict[str, str], tmp_path: Path, quota_redis: Any) -> Iterator[DaphneProcess]:
+    env = {
+        **live_server_env,
+        "REDIS_URL": live_server_env["REDIS_URL"].rsplit("/", 1)[0] + f"/{QUOTA_REDIS_DB}",
+        "STREAM_QUOTA_PER_IP": str(PER_IP),
+        "JOB_QUOTA_SOCKETS": str(PER_OWNER),
+    }
     server = DaphneProcess(env=env, log=tmp_path / "daphne.log")
     server.start()
     yield server
     server.stop()
-    redis_client.delete(address_slots_key("127.0.0.1"))
 
 
 async def visitor_with_job(daphne: DaphneProcess) -> tuple[dict[str, str], str]:
@@ -339,7 +357,7 @@ async def test_sse_streams_count_in_the_owners_quota(quota_daphne: DaphneProcess
 
 
 async def test_event_streams_whose_client_leaves_at_once_give_their_slots_back(
-    quota_daphne: DaphneProcess, redis_client: Any
+    quota_daphne: DaphneProcess, quota_redis: Any
 ) -> None:
     # The client sends its request and hangs up without reading: depending on when the
     # hang-up lands, the view is still running, or its stream has not started (whose own
@@ -356,8 +374,8 @@ async def test_event_streams_whose_client_leaves_at_once_give_their_slots_back(
                 raw.recv(1)  # the answer has begun: the stream is under way
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, at once
     key = address_slots_key("127.0.0.1")
-    assert wait_until(lambda: redis_client.zcard(key) == 0, timeout=STREAM_START_SECONDS + TIMEOUT), (
-        redis_client.zrange(key, 0, -1)
+    assert wait_until(lambda: quota_redis.zcard(key) == 0, timeout=STREAM_START_SECONDS + TIMEOUT), quota_redis.zrange(
+        key, 0, -1
     )
     async with AsyncExitStack() as stack, httpx.AsyncClient(base_url=quota_daphne.url, timeout=TIMEOUT) as http:
         for _ in range(PER_OWNER):  # the owner's whole quota is free again, too
