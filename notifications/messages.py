@@ -18,10 +18,22 @@ class LayerJobMessage(TypedDict):
     text: str
 
 
+class LayerLogMessage(TypedDict):
+    """A batch of a job's log lines (jobs/log_writer.py), to its job group only: `text` is
+    the socket's `log` frame as sent, `first` and `last` the numbers of its first and last
+    line, so a stream drops what it has shown without decoding it."""
+
+    type: Literal["job.log"]
+    job_id: str
+    first: int
+    last: int
+    text: str
+
+
 class LayerSessionEndMessage(TypedDict):
     """A session signed out: every stream opened with it ends (a socket closes 4401)."""
 
     type: Literal["session.end"]
 
 
-LayerMessage = LayerJobMessage | LayerSessionEndMessage
+LayerMessage = LayerJobMessage | LayerLogMessage | LayerSessionEndMessage

@@ -50,7 +50,7 @@ from core.compat import channels_redis as layer_compat
 from jobs.models import Job
 from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import job_groups, session_group
-from notifications.messages import LayerJobMessage, LayerMessage, LayerSessionEndMessage
+from notifications.messages import LayerJobMessage, LayerLogMessage, LayerMessage, LayerSessionEndMessage
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +356,13 @@ def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text
         _frame_sender(settings.JOBSTREAM_PUBLISHER)(groups, message)
     else:
         publisher.send_job_frame(groups, message)
+
+
+def publish_log(groups: list[str], job_id: str, *, first: int, last: int, text: str) -> None:
+    """Sends a batch of a job's log lines (jobs/log_writer.py) the way its frames go: on the
+    same channel as the job's frames, so a batch sent before the job's end arrives before it."""
+    message: LayerLogMessage = {"type": "job.log", "job_id": job_id, "first": first, "last": last, "text": text}
+    publisher.send_job_frame(groups, message)
 
 
 def publish_job_change(job: Job, *, queue_position: int | None = None) -> None:

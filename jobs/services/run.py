@@ -30,6 +30,7 @@ from django.utils import timezone
 from jobs.exceptions import JobCancelled, JobError
 from jobs.heartbeat import Heartbeat
 from jobs.kinds import kind_get
+from jobs.log_writer import log_writer_for
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.progress import Progress, ProgressUpdate
 from jobs.serializers import RunningFrames
@@ -339,11 +340,15 @@ def _job_run_started(job: Job) -> Job | None:
     running = RunningJob(job)
     attempt_dir = attempt_result_dir(job.id, running.attempt)
     budget = result_budget_for(job)
+    log = log_writer_for(job_id=job.id, attempt=running.attempt)
+    if running.attempt > 1:
+        log.log(_restarted_message(running.attempt), "warning")
     reporter = Progress(
         emit=running.report,
         max_rate=settings.PROGRESS_MAX_RATE,
         result_dir=attempt_dir,
         result_check=budget.check if budget is not None else None,
+        log=log.log,
     )
     publisher.watch_cancel(str(job.id), reporter.request_cancel)
     logger.info("%s: started", log_context)
@@ -374,6 +379,11 @@ def _job_run_started(job: Job) -> Job | None:
         outcome = {"state": JobState.FAILED, "error": INTERNAL_ERROR_MESSAGE, "error_detail": traceback.format_exc()}
     finally:
         publisher.unwatch_cancel(str(job.id))
+    if outcome["state"] == JobState.FAILED:
+        log.log(outcome["error"], "error")
+    elif outcome["state"] == JobState.CANCELLED:
+        log.log("Cancelled.", "warning")
+    log.close()  # every line is kept and published before the terminal frame
     # What the job holds: the files the finish moves in (a run that did not succeed keeps none).
     outcome["result_bytes"] = reporter.result_bytes() if moves else 0
     logger.info("%s: %s %s", log_context, outcome["state"], outcome.get("error", ""))
