@@ -41,7 +41,7 @@ class ProgressUpdate:
 # Emits one update; returns True when a cancel has been asked for the job.
 Emit = Callable[[ProgressUpdate], bool]
 # Takes one `report.log(text, level)` call (jobs/log_writer.py); a bad level raises ValueError.
-LogSink = Callable[[str, str], None]
+LogSink = Callable[[object, str], None]
 
 
 def _log_nowhere(text: object, level: str = "info") -> None:

@@ -15,28 +15,32 @@ import functools
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from core.client_address import UNKNOWN_ADDRESS, client_address
-from core.compat.autobahn import FrameCache, write_frame
+from core.compat.autobahn import FrameCache, is_open, write_frame
 from core.compat.channels import FastPathConsumer
 from core.compat.channels_redis import SharedReads
 from core.compat.daphne import daphne_protocol
 from core.daphne_limits import CLIENT_FRAME_MAX_BYTES
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
+from jobs.logs import frame_chunks, log_frame_text
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_scope, views_all_now
-from jobs.selectors import job_get_visible, job_queue_position, parse_job_id
+from jobs.selectors import job_get_visible, job_log_tail, job_queue_position, parse_job_id
 from jobs.serializers import JobFrame, JobPayload, error_frame_text, job_frame_text, job_payload, snapshot_frame_text
 from jobs.services import job_cancel
 from notifications.follow import Follow, owner_follow, read_active_jobs, read_job, read_owner_jobs, staff_follow
 from notifications.groups import job_group
-from notifications.messages import LayerJobMessage, LayerSessionEndMessage
+from notifications.log_after import log_after_of, query_value
+from notifications.messages import LayerJobMessage, LayerLogMessage, LayerSessionEndMessage
 from notifications.sessions import session_group_of
 from notifications.socket_db import socket_db
 from notifications.socket_quota import stream_slots_acquire, stream_slots_release
@@ -114,6 +118,8 @@ class JobStreamConsumer(FastPathConsumer):
         # its slots given back: a slot kept would be refreshed for the life of the process.
         try:
             await super().__call__(scope, receive, send)
+        except Disconnected:  # a send once the client had gone (autobahn closing, daphne not told yet)
+            pass
         finally:
             await self.leave()
 
@@ -147,8 +153,11 @@ class JobStreamConsumer(FastPathConsumer):
         if self.closed:
             return None
         protocol = self.daphne_protocol
-        if protocol is not None and write_frame(protocol, FRAMES.frame_of(message)):
-            return None
+        if protocol is not None:
+            if write_frame(protocol, FRAMES.frame_of(message)):
+                return None
+            if not is_open(protocol):  # closing: the frame would only raise
+                return None
         return self.send(text_data=message["text"])
 
     async def send_error(self, message: str) -> None:
@@ -231,10 +240,28 @@ class JobConsumer(JobStreamConsumer):
             return
         self.follow.shown([payload])
         await self.send(text_data=job_frame_text(payload))
+        log_after, problem = log_after_of(query_value(self.scope, "log_after"))
+        if problem is not None:
+            await self.send_error(problem)
+        await self.send_backfill(parsed, log_after)
         if terminal:
             await self.close(code=CLOSE_NORMAL)
         else:
-            await self.follow.push_to(self.send_job_frame)
+            await self.follow.push_to(self.send_job_frame, log_sink=self.send_log_frame)
+
+    async def send_backfill(self, job_id: uuid.UUID, log_after: int) -> None:
+        """The kept log lines above `log_after` (the last BACKFILL_MAX_LINES of them), in
+        frames of at most 64 KiB, at least one; read after the groups were joined, so a line
+        published since comes as a `log` frame and is dropped there if this already sent it."""
+        assert self.follow is not None
+        tail = await socket_db(job_log_tail, job_id=job_id, after=log_after)
+        for lines in frame_chunks(tail["lines"]):
+            await self.send(text_data=log_frame_text(lines, total=tail["total"], dropped=tail["dropped"]))
+        self.follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else log_after)
+
+    def send_log_frame(self, message: LayerLogMessage) -> Awaitable[None] | None:
+        """A batch of new log lines (the follow's log sink), written as job frames are."""
+        return JobStreamConsumer.send_job_frame(self, message)  # type: ignore[arg-type]
 
     def _snapshot(self) -> JobPayload | None:
         """One trip to the database thread: the owner, the visibility check, the job."""

@@ -30,6 +30,7 @@ pages then heal from their own re-reads (docs/architecture.md "Streams that heal
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 from channels.layers import get_channel_layer
 
 from core.compat.channels_redis import LatestWinsQueue, SharedReads, deliver_directly, fast_layer, stop_direct
+from jobs.logs import LogFrame, log_frame_text
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import (
@@ -48,12 +50,13 @@ from jobs.selectors import (
 )
 from jobs.serializers import JobPayload, job_frame_text, job_payload
 from notifications.groups import job_group, owner_group, staff_group
-from notifications.messages import LayerJobMessage
+from notifications.messages import LayerJobMessage, LayerLogMessage
 from notifications.socket_db import socket_db
 
 T = TypeVar("T")
 # Takes a newer change; what it returns, when not None, is awaited (a write that must wait).
 Sink = Callable[[LayerJobMessage], Awaitable[None] | None]
+LogSink = Callable[[LayerLogMessage], Awaitable[None] | None]  # takes a batch of log lines not shown
 ReadJobs = Callable[[], list[JobPayload]]  # runs in the sockets' database thread
 Resync = Callable[[SharedReads], Awaitable[None]]
 
@@ -84,6 +87,7 @@ class Follow:
         "_held",
         "_joined",
         "_layer",
+        "_log_sink",
         "_on_resync",
         "_reader",
         "_reread",
@@ -93,6 +97,7 @@ class Follow:
         "ended",
         "groups",
         "last_seq",
+        "log_n",
     )
 
     def __init__(
@@ -117,6 +122,9 @@ class Follow:
         self._reader: asyncio.Future[None] | None = None
         self._held: LatestWinsQueue | None = None  # frames before the sink is set, and all in pull mode
         self._sink: Sink | None = None
+        self._log_sink: LogSink | None = None
+        # The highest log line shown (`shows_log`); None for a stream that shows no log.
+        self.log_n: int | None = None
 
     # --- opening and closing -------------------------------------------------------------
 
@@ -131,7 +139,7 @@ class Follow:
         fast = fast_layer(layer)
         if fast is not None:
             self._channel = channel or await fast.new_local_channel()
-            deliver_directly(self._channel, self._offer, self._resync)
+            deliver_directly(self._channel, self._offer, self._resync, self._offer_log)
         else:
             self._channel = await layer.new_channel()  # a consumer's own is read by Channels' loop
             self._reader = asyncio.ensure_future(self._read_channel())
@@ -183,6 +191,25 @@ class Follow:
         if seq > self.last_seq.get(job_id, 0):
             self.last_seq[job_id] = seq
 
+    def shows_log(self, after: int) -> None:
+        """The stream shows the job's log from line `after` on (its backfill went up to it):
+        only lines above it pass from now on."""
+        self.log_n = max(after, self.log_n or 0)
+
+    def newer_log(self, message: LayerLogMessage) -> LayerLogMessage | None:
+        """The lines of a batch this stream has not shown (cut when it showed some of
+        them), which count as shown from now on; None when it has shown them all."""
+        shown = self.log_n
+        if shown is None or message["last"] <= shown:
+            return None
+        self.log_n = message["last"]
+        if message["first"] > shown:
+            return message
+        frame: LogFrame = json.loads(message["text"])
+        lines = [line for line in frame["lines"] if line["n"] > shown]
+        text = log_frame_text(lines, total=frame["total"], dropped=frame["dropped"])
+        return {**message, "first": lines[0]["n"], "text": text}
+
     def newer(self, message: LayerJobMessage) -> bool:
         """Whether the stream has not shown this change yet; if so, it counts as shown."""
         if message["seq"] <= self.last_seq.get(message["job_id"], 0):
@@ -192,21 +219,30 @@ class Follow:
 
     # --- taking the changes ----------------------------------------------------------------------
 
-    async def push_to(self, sink: Sink) -> None:
-        """From now on each newer change goes to `sink`, first those that came while the
-        snapshot was read."""
+    async def push_to(self, sink: Sink, *, log_sink: LogSink | None = None) -> None:
+        """From now on each newer change goes to `sink` (and each batch of log lines not
+        shown to `log_sink`), first those that came while the snapshot was read, in order."""
         held = self._held
         while held is not None and not held.empty():
             message = held.get_nowait()
-            if not self.closed and self.newer(message):
+            if self.closed:
+                continue
+            pending: Awaitable[None] | None = None
+            if message["type"] == "job.log":
+                batch = self.newer_log(message)
+                if batch is not None and log_sink is not None:
+                    pending = log_sink(batch)
+            elif self.newer(message):
                 pending = sink(message)
-                if pending is not None:
-                    await pending
+            if pending is not None:
+                await pending
         self._held = None
+        self._log_sink = log_sink
         self._sink = sink
 
-    async def next(self, timeout: float | None = None) -> LayerJobMessage | None:
-        """The next newer change; None when `timeout` seconds pass without one."""
+    async def next(self, timeout: float | None = None) -> LayerJobMessage | LayerLogMessage | None:
+        """The next newer change, or batch of log lines not shown (once `shows_log` was
+        called); None when `timeout` seconds pass without one."""
         held = self._hold()
         while True:
             if self.ended:
@@ -215,13 +251,19 @@ class Follow:
                 message = await asyncio.wait_for(held.get(), timeout)
             except TimeoutError:
                 return None
-            if message is not None and self.newer(message):
+            if message is None:
+                continue
+            if message["type"] == "job.log":
+                batch = self.newer_log(message)
+                if batch is not None:
+                    return batch
+            elif self.newer(message):
                 return message
 
     def __aiter__(self) -> Follow:
         return self
 
-    async def __anext__(self) -> LayerJobMessage:
+    async def __anext__(self) -> LayerJobMessage | LayerLogMessage:
         message = await self.next()
         if message is None:  # no timeout: only an end gives None
             raise StopAsyncIteration
@@ -245,6 +287,20 @@ class Follow:
         self.last_seq[job_id] = seq
         return sink(message)
 
+    def _offer_log(self, message: LayerLogMessage) -> Awaitable[None] | None:
+        """A batch of the job's log lines, from the layer's subscriber: held in order with
+        the job's frames until there is a sink, then to the log sink when not shown."""
+        if self.closed:
+            return None
+        if self._sink is None:
+            self._hold().put_nowait(message)
+            return None
+        log_sink = self._log_sink
+        if log_sink is None:
+            return None
+        batch = self.newer_log(message)
+        return None if batch is None else log_sink(batch)
+
     async def _pass_on(self, message: LayerJobMessage) -> None:
         pending = self._offer(message)
         if pending is not None:
@@ -262,6 +318,11 @@ class Follow:
             if message.get("type") == "session.end":
                 self.end()
                 return
+            if message.get("type") == "job.log":
+                pending = self._offer_log(message)
+                if pending is not None:
+                    await pending
+                continue
             await self._pass_on(message)
 
     async def _read_ends(self, fast: Any) -> None:

@@ -27,11 +27,13 @@ from django.views.decorators.csrf import csrf_exempt
 
 from core.api_errors import errors_response, method_not_allowed_response
 from core.client_address import UNKNOWN_ADDRESS, client_address
+from jobs.logs import frame_chunks, log_data_text
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_request
-from jobs.selectors import job_get_visible
+from jobs.selectors import job_get_visible, job_log_tail
 from jobs.serializers import payload_text
-from notifications.follow import job_follow, read_job
+from notifications.follow import Follow, job_follow, read_job
+from notifications.log_after import log_after_of
 from notifications.sessions import session_group_of
 from notifications.socket_quota import stream_slots_acquire, stream_slots_release
 
@@ -64,6 +66,14 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
             f"Must be a whole number of at most {LAST_EVENT_ID_DIGITS} digits: the seq of the last event seen.",
         )
     last_seq = int(raw_last) if raw_last else -1
+    raw_log_after = request.GET.get("log_after")
+    log_after, problem = log_after_of(raw_log_after)
+    if problem is not None:
+        return errors_response(400, "log_after", problem)
+    # A resume of an ended job sends the lines it lacks only when it says which it has
+    # (without `log_after` such a resume sends nothing, as before logs); a running job's
+    # stream always carries its log (an EventSource resumes with the URL it first had).
+    with_log = raw_log_after is not None or not raw_last or not job.is_terminal
     slot = StreamSlot(
         owner=owner, address=client_address(request) or UNKNOWN_ADDRESS, stream_id=f"sse.{uuid.uuid4().hex}"
     )
@@ -82,7 +92,14 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         )
         refused["Retry-After"] = str(OVER_QUOTA_RETRY_AFTER)
         return refused
-    stream = _stream(job.id, last_seq=last_seq, staff=owner.views_all, session=request.session, slot=slot)
+    stream = _stream(
+        job.id,
+        last_seq=last_seq,
+        log_after=log_after if with_log else None,
+        staff=owner.views_all,
+        session=request.session,
+        slot=slot,
+    )
     response = EventStreamResponse(stream, slot=slot)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: pass events through at once
@@ -145,8 +162,24 @@ class StreamSlot:
         await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.stream_id)
 
 
+def _log_event(text: str) -> bytes:
+    """An `event: log` from a socket's `log` frame: the same object without its `type`."""
+    frame = json.loads(text)
+    data = log_data_text(frame["lines"], total=frame["total"], dropped=frame["dropped"])
+    return f"event: log\ndata: {data}\n\n".encode()
+
+
+async def _backfill(job_id: uuid.UUID, follow: Follow, log_after: int) -> AsyncIterator[bytes]:
+    """As a socket's: the kept lines above `log_after` (the last 500), at least one event."""
+    tail = await database_sync_to_async(job_log_tail)(job_id=job_id, after=log_after)
+    for lines in frame_chunks(tail["lines"]):
+        data = log_data_text(lines, total=tail["total"], dropped=tail["dropped"])
+        yield f"event: log\ndata: {data}\n\n".encode()
+    follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else log_after)
+
+
 async def _stream(
-    job_id: uuid.UUID, *, last_seq: int, staff: bool, session: Any, slot: StreamSlot
+    job_id: uuid.UUID, *, last_seq: int, log_after: int | None, staff: bool, session: Any, slot: StreamSlot
 ) -> AsyncIterator[bytes]:
     slot.started.set()
     follow = job_follow(job_id, staff=staff)
@@ -161,6 +194,9 @@ async def _stream(
         if payload["seq"] > last_seq:
             yield _event(payload["seq"], payload_text(payload))
         follow.shown_seq(payload["id"], max(payload["seq"], last_seq))
+        if log_after is not None:
+            async for event in _backfill(job_id, follow, log_after):
+                yield event
         if payload["state"] in TERMINAL_STATES:
             return
         yield b"retry: 2000\n\n"
@@ -174,6 +210,9 @@ async def _stream(
                 if quiet % HEAL_EVERY == 0:
                     await follow.heal()  # the event stream's clients have no re-read of their own
                 yield b": keep-alive\n\n"
+                continue
+            if message["type"] == "job.log":
+                yield _log_event(message["text"])
                 continue
             yield _event(message["seq"], json.dumps(json.loads(message["text"])["job"], separators=(",", ":")))
             if message["terminal"]:

@@ -109,6 +109,11 @@ def write_frame(protocol: Any, frame: bytes) -> bool:
     return True
 
 
+def is_open(protocol: Any) -> bool:
+    """Whether the socket still takes frames: once a close has begun, a send raises."""
+    return bool(protocol.state == STATE_OPEN)
+
+
 FRAMED_ONCE = UPSTREAM.speed(
     "framed-once",
     changes="a job frame is framed once per process and written to each socket's transport, skipping sendMessage",

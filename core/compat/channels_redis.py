@@ -136,6 +136,7 @@ Resync = Callable[[SharedReads], Awaitable[None]]
 class DirectSocket:
     push: Push
     resync: Resync | None
+    push_log: Push | None = None  # a job's log lines (`job.log`), for a stream that shows them
 
 
 # Sockets of this process fed straight from the subscriber: channel name -> socket.
@@ -151,11 +152,12 @@ def subscriber_reconnects() -> int:
     return _reconnects
 
 
-def deliver_directly(channel_name: str, push: Push, resync: Resync | None = None) -> None:
-    """From now on job frames for `channel_name` go to `push`, called by the subscriber
-    (which awaits what it returns, if anything); after a reconnect to Redis the layer
-    awaits `resync` to re-read what was missed."""
-    _DIRECT[channel_name] = DirectSocket(push, resync)
+def deliver_directly(channel_name: str, push: Push, resync: Resync | None = None, push_log: Push | None = None) -> None:
+    """From now on job frames for `channel_name` go to `push` and log lines to `push_log`,
+    called by the subscriber (which awaits what they return, if anything), in the order
+    they were published; after a reconnect to Redis the layer awaits `resync` to re-read
+    what was missed."""
+    _DIRECT[channel_name] = DirectSocket(push, resync, push_log)
 
 
 def stop_direct(channel_name: str) -> None:
@@ -373,12 +375,22 @@ class JobStreamShardConnection(RedisSingleShardConnection):
         else:
             return
         decoded = layer.channel_layer.deserialize(message["data"])  # once, for every member
-        direct = isinstance(decoded, dict) and decoded.get("type") == "job.frame"
+        kind = decoded.get("type") if isinstance(decoded, dict) else None
+        direct = kind == "job.frame"
+        # A job's log lines go the same way as its frames, so none is overtaken by the job's end.
+        if direct or kind == "job.log":
+            for channel in targets:
+                socket = _DIRECT.get(channel)
+                if socket is None:
+                    queue = layer.channels.get(channel)
+                    if queue is not None:
+                        queue.put_nowait(decoded)
+                    continue
+                push = socket.push if direct else socket.push_log
+                if push is not None:  # a stream that shows no log takes none
+                    pushes.append((push, decoded))
+            return
         for channel in targets:
-            socket = _DIRECT.get(channel) if direct else None
-            if socket is not None:
-                pushes.append((socket.push, decoded))
-                continue
             queue = layer.channels.get(channel)
             if queue is not None:
                 queue.put_nowait(decoded)

@@ -89,6 +89,8 @@ def follow_until(socket: ClientConnection, job_id: str, done: Any, timeout: floa
     while True:
         frame = next_frame(socket, timeout=max(0.01, deadline - time.monotonic()))
         assert frame["type"] != "error", frame
+        if frame["type"] == "log":  # the job's log lines, between its frames
+            continue
         jobs = frame["jobs"] if frame["type"] == "snapshot" else [frame["job"]]
         for job in jobs:
             if job["id"] == job_id and done(job):

@@ -521,6 +521,7 @@ async def test_a_finished_jobs_socket_is_served_even_at_the_quota(socket_quota_2
     socket = await open_socket(f"/ws/jobs/{done.id}/", key)
 
     assert (await first_output(socket))["type"] == "websocket.send"
+    assert json.loads((await first_output(socket))["text"])["type"] == "log"  # its log's backfill
     assert await first_output(socket) == {"type": "websocket.close", "code": CLOSE_NORMAL}
     for held_socket in held:
         await held_socket.disconnect()

@@ -194,7 +194,9 @@ async def sse_data(session_key: str, job_id: uuid.UUID) -> dict[str, Any]:
         body += chunk.get("body", b"")
         if not chunk.get("more_body"):
             break
-    (data,) = [line for line in body.decode().splitlines() if line.startswith("data: ")]
+    # The job's event (its log's follows: docs/contract.md#job-logs).
+    (event,) = [event for event in body.decode().split("\n\n") if "event: job\n" in event]
+    (data,) = [line for line in event.splitlines() if line.startswith("data: ")]
     job: dict[str, Any] = json.loads(data.removeprefix("data: "))
     return job
 

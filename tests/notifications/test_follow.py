@@ -38,6 +38,13 @@ FRAME_TIMEOUT = 5.0  # seconds for a frame to cross Redis on this machine
 RECOVERY_SECONDS = 5.0  # every stream shows the true state this soon after Redis is back
 
 
+async def next_frame(follow: Follow) -> LayerJobMessage | None:
+    """The follow's next job frame (these streams show no log)."""
+    message = await follow.next(timeout=FRAME_TIMEOUT)
+    assert message is None or message["type"] == "job.frame", message
+    return message
+
+
 @database_sync_to_async
 def job_row(*, state: JobState = JobState.RUNNING, seq: int = 3) -> Job:
     now = datetime.now(UTC)
@@ -85,7 +92,7 @@ async def test_a_change_published_between_the_join_and_the_read_is_not_missed() 
     try:
         (first,) = await follow.open(read_after_a_change)
         follow.shown([first])
-        message = await follow.next(timeout=FRAME_TIMEOUT)
+        message = await next_frame(follow)
         assert (first["seq"], message and message["seq"]) == (3, 4)
     finally:
         await follow.close()
@@ -101,7 +108,7 @@ async def test_only_frames_newer_than_the_last_shown_pass_in_order() -> None:
             await asyncio.to_thread(publish, publisher, job, frame_of(job, seq))
         seen: list[int] = []
         while not seen or seen[-1] != 6:
-            message = await follow.next(timeout=FRAME_TIMEOUT)
+            message = await next_frame(follow)
             assert message is not None, seen
             seen.append(message["seq"])
         # Each one newer than the last; a stream read late may skip to the newest (latest wins).
@@ -167,7 +174,7 @@ async def test_a_follow_on_a_stock_layer_gets_its_frames_through_its_channel(red
         try:
             follow.shown(await follow.open(lambda: read_job(job.id, staff=False)))
             await asyncio.to_thread(publish, publisher, job, frame_of(job, 4))
-            message = await follow.next(timeout=FRAME_TIMEOUT)
+            message = await next_frame(follow)
             assert message is not None and message["seq"] == 4
         finally:
             await follow.close()
@@ -233,7 +240,7 @@ async def test_heal_passes_on_the_state_read_now_only_when_it_is_newer() -> None
         # The job ended and its terminal frame was lost on the way (Redis stayed up).
         await database_sync_to_async(Job.objects.filter(pk=job.pk).update)(state=JobState.SUCCEEDED, seq=7)
         await follow.heal()
-        message = await follow.next(timeout=FRAME_TIMEOUT)
+        message = await next_frame(follow)
         assert message is not None and (message["seq"], message["terminal"]) == (7, True)
     finally:
         await follow.close()

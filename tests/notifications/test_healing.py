@@ -223,10 +223,13 @@ def job_row(*, state: JobState, seq: int) -> Job:
 
 
 async def next_frame(communicator: WebsocketCommunicator, timeout: float) -> dict[str, Any]:
-    output = await communicator.receive_output(timeout=timeout)
-    assert output["type"] == "websocket.send", f"expected a frame, got {output}"
-    frame: dict[str, Any] = json.loads(output["text"])
-    return frame
+    """The next job or snapshot frame, past the job's log frames."""
+    while True:
+        output = await communicator.receive_output(timeout=timeout)
+        assert output["type"] == "websocket.send", f"expected a frame, got {output}"
+        frame: dict[str, Any] = json.loads(output["text"])
+        if frame["type"] != "log":
+            return frame
 
 
 @pytest.mark.django_db(transaction=True)
@@ -327,6 +330,8 @@ async def watch_job(socket: ClientConnection, job_id: str, watch: Watch) -> None
     """Reads a single-job socket until its terminal frame."""
     async for text in socket:
         message = json.loads(text)
+        if message["type"] == "log":  # the job's log lines, between its frames
+            continue
         assert message["type"] == "job", message
         watch.frames.append((time.time(), message["job"]))
         if message["job"]["state"] in TERMINAL:

@@ -58,7 +58,7 @@ def read_events(response: httpx.Response) -> list[Event]:
     fields: dict[str, str] = {}
     for line in response.iter_lines():
         if line == "":
-            if "data" in fields:
+            if "data" in fields and fields.get("event") != "log":  # log events: test_log_sse.py
                 events.append(Event(id=int(fields["id"]), event=fields["event"], data=json.loads(fields["data"])))
             fields = {}
         elif not line.startswith(":"):
