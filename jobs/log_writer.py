@@ -15,6 +15,7 @@ heartbeat does (jobs/heartbeat.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -26,14 +27,24 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import connection
 
-from jobs.logs import LOG_LEVELS, LogLevel, level_checked, line_payload, log_frame_text, newest_that_fit, text_lines
+from jobs.logs import FRAME_MAX_BYTES, LOG_LEVELS, LogLevel, level_checked, line_payload, log_frame_text, text_lines
 from jobs.services.logs import PendingLine, job_log_append
 from notifications.groups import job_group
 from notifications.publish import publish_log
 
 logger = logging.getLogger(__name__)
 
-RETRY_LINES_MAX = 10_000  # lines a run holds while the database refuses them, at most (the newest are kept)
+QUEUE_MAX_LINES = 10_000  # lines a run may have waiting; past it `report.log()` waits for the flusher
+# A log frame's lines leave at most FRAME_MAX_BYTES per flush, PROGRESS_MAX_RATE flushes a
+# second: 640 KiB/s per job at the defaults, far past what a person reads. A kind that writes
+# faster is slowed by the wait above rather than have lines dropped or frames grow unbounded.
+LINE_OVERHEAD_BYTES = len('{"n":1234567890123456789,"t":"2026-11-25T12:00:03.123456Z","level":"warning","text":""},')
+ROOM_WAIT_SECONDS = 1.0  # a waiting `report.log()` looks again this often (the run may have ended)
+
+
+def _line_bytes(text: str) -> int:
+    """At most what a line of `text` adds to a log frame."""
+    return LINE_OVERHEAD_BYTES + len(json.dumps(text, ensure_ascii=False).encode())
 
 
 class JobLogWriter:
@@ -45,6 +56,7 @@ class JobLogWriter:
         self.group = job_group(job_id)
         self._queued: deque[tuple[float, LogLevel, str]] = deque()  # append and popleft need no lock
         self._flush_lock = threading.Lock()  # one batch at a time: lines leave in order
+        self._room = threading.Condition()  # a full queue's writer waits on it for the flusher
         self._unkept: list[PendingLine] = []  # a batch the database refused, tried again first
         self.closed = False
 
@@ -56,49 +68,63 @@ class JobLogWriter:
         queued = self._queued
         for line in text_lines(text):
             queued.append((at, level, line))  # type: ignore[arg-type]
+        if len(queued) > QUEUE_MAX_LINES:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        with self._room:
+            while len(self._queued) > QUEUE_MAX_LINES // 2 and not self.closed:
+                self._room.wait(ROOM_WAIT_SECONDS)
 
     @property
     def pending(self) -> bool:
         return bool(self._queued or self._unkept)
 
     def flush(self) -> None:
-        """Keeps and publishes every line queued so far (the flusher, and the run's end)."""
+        """Keeps and publishes the lines queued so far, at most one frame's worth (the flusher)."""
         with self._flush_lock:
-            batch = self._unkept
-            self._unkept = []
-            queued = self._queued
-            for _ in range(len(queued)):
-                at, level, text = queued.popleft()
-                batch.append(PendingLine(t=datetime.fromtimestamp(at, tz=UTC), level=level, text=text))
-            if not batch:
-                return
-            try:
-                appended = job_log_append(job_id=self.job_id, attempt=self.attempt, lines=batch)
-            except Exception:
-                self._unkept = batch[-RETRY_LINES_MAX:]
-                raise
-            if appended is None:  # the run was ended or replaced: its lines are not the job's
-                return
-            lines = newest_that_fit([line_payload(line) for line in appended.lines])
-            if not lines:
-                return
-            text = log_frame_text(lines, total=appended.total, dropped=appended.dropped)
-            publish_log(
-                [self.group],
-                str(self.job_id),
-                first=lines[0]["n"],
-                last=lines[-1]["n"],
-                text=text,
-            )
+            self._flush_one()
+        with self._room:
+            self._room.notify_all()
+
+    def _flush_one(self) -> None:
+        batch = self._unkept
+        self._unkept = []
+        queued = self._queued
+        size = sum(_line_bytes(line.text) for line in batch)
+        while queued and (size < FRAME_MAX_BYTES - LINE_OVERHEAD_BYTES or not batch):
+            at, level, text = queued[0]
+            line_size = _line_bytes(text)
+            if batch and size + line_size > FRAME_MAX_BYTES - 64:  # the frame's envelope
+                break
+            queued.popleft()
+            size += line_size
+            batch.append(PendingLine(t=datetime.fromtimestamp(at, tz=UTC), level=level, text=text))
+        if not batch:
+            return
+        try:
+            appended = job_log_append(job_id=self.job_id, attempt=self.attempt, lines=batch)
+        except Exception:
+            self._unkept = batch
+            raise
+        if appended is None or not appended.lines:  # the run was ended or replaced: its lines are not the job's
+            return
+        lines = [line_payload(line) for line in appended.lines]
+        text = log_frame_text(lines, total=appended.total, dropped=appended.dropped)
+        publish_log([self.group], str(self.job_id), first=lines[0]["n"], last=lines[-1]["n"], text=text)
 
     def close(self) -> None:
         """The run ends: what is left is kept and published now, before its terminal write."""
         flusher.discard(self)
-        self.closed = True
         try:
-            self.flush()
+            while self.pending:  # one frame's worth at a time, back to back
+                self.flush()
         except Exception:
             logger.exception("job %s: its last log lines could not be kept", self.job_id)
+        finally:
+            self.closed = True
+            with self._room:
+                self._room.notify_all()
 
 
 class LogFlusher:

@@ -109,16 +109,3 @@ def frame_chunks(lines: list[LogLinePayload], *, max_bytes: int = FRAME_MAX_BYTE
         chunks[-1].append(line)
         size += line_size
     return chunks
-
-
-def newest_that_fit(lines: list[LogLinePayload], *, max_bytes: int = FRAME_MAX_BYTES) -> list[LogLinePayload]:
-    """The last lines of a batch that fit one frame (at least one): a live frame stays
-    under the limit, and a client that sees a gap in `n` fetches the older lines over HTTP."""
-    size = len(log_frame_text([], total=10**18, dropped=10**18).encode())
-    start = len(lines)
-    while start > 0:
-        size += len(_ENCODER.encode(lines[start - 1]).encode()) + 1
-        if size > max_bytes and start < len(lines):
-            break
-        start -= 1
-    return lines[start:]

@@ -52,7 +52,8 @@ def running_job(token: str, *lines: str) -> tuple[Job, JobLogWriter]:
 def write(writer: JobLogWriter, *lines: str) -> None:
     for line in lines:
         writer.log(line)
-    writer.flush()
+    while writer.pending:
+        writer.flush()
 
 
 def events(response: httpx.Response) -> Iterator[dict[str, Any]]:

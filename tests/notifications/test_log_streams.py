@@ -43,7 +43,8 @@ async def write(writer: JobLogWriter, *texts: str, level: str = "info") -> None:
     """Lines as a kind writes them, kept and published as the worker's flusher does."""
     for text in texts:
         writer.log(text, level)
-    await database_sync_to_async(writer.flush)()
+    while writer.pending:  # a frame's worth at a time, as the flusher takes them
+        await database_sync_to_async(writer.flush)()
 
 
 async def frames_until(communicator: WebsocketCommunicator, predicate: Any) -> list[dict[str, Any]]:
