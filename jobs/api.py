@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
@@ -19,21 +19,25 @@ from django.middleware.csrf import get_token
 from ninja import Field, NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.security import APIKeyCookie
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from core.api_errors import errors_body, errors_response
 from core.client_address import client_address
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
-from jobs.downloads import result_download
+from jobs.downloads import LogTextResponse, result_download
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
+from jobs.logs import LOG_PAGE_MAX, LogPage
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
-from jobs.selectors import job_get_visible, job_list_visible, job_queue_position
+from jobs.selectors import job_get_visible, job_list_visible, job_log_page, job_log_text, job_queue_position
 from jobs.serializers import JobPayload, job_payload
 from jobs.services import job_cancel, job_submit
 
 MAX_PAGE_SIZE = 100
 MULTIPART_FIELDS = ("kind", "params")
+WHOLE_NUMBER_DIGITS = 19  # a line's `n` is a PositiveBigIntegerField: 19 digits hold every one
 
 # --- auth ------------------------------------------------------------------------
 
@@ -182,6 +186,24 @@ class JobKindOut(Schema):
 class PageQuery(Schema):
     page: int = Field(1, ge=1)
     page_size: int = Field(settings.JOB_LIST_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+
+
+def _whole_number(value: object) -> object:
+    """A query value as ASCII digits, few enough for int(): pydantic's own parse of an
+    int also takes " 5", "+5", "1_000" and "5.0"."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= WHOLE_NUMBER_DIGITS):
+        raise PydanticCustomError(
+            "whole_number", "Must be a whole number of at most {digits} digits.", {"digits": WHOLE_NUMBER_DIGITS}
+        )
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class LogPageQuery(Schema):
+    after: WholeNumber = Field(0, ge=0, description="Lines numbered above this: the `next` of the page before.")
+    limit: WholeNumber = Field(LOG_PAGE_MAX, ge=1, le=LOG_PAGE_MAX, description="Lines at most.")
 
 
 def _job_out(job: Any, owner: Owner) -> JobPayload:
@@ -392,3 +414,33 @@ def get_job_result(request: HttpRequest, job_id: str) -> Any:
     if media_root not in path.parents or not path.is_file():
         return Status(404, errors_body("result", "The result file is gone."))
     return result_download(path, media_root=media_root)
+
+
+@api.get(
+    "/jobs/{job_id}/log/",
+    response={200: LogPage, 400: ErrorsOut, 404: ErrorsOut},
+    summary="A page of the job's log",
+    description="Kept lines numbered above `after`, oldest first, at most `limit`; `next` is the `after` of the "
+    "following page, null when no kept line follows. A job keeps its last JOB_LOG_MAX_LINES lines.",
+)
+def get_job_log(request: HttpRequest, job_id: str, query: Query[LogPageQuery]) -> Any:
+    for name in LogPageQuery.model_fields:  # ninja would take one of them silently
+        if len(values := request.GET.getlist(name)) > 1:
+            return Status(400, errors_body(name, f"Send one '{name}', not {len(values)}."))
+    job = _visible_job_or_404(_owner(request), job_id)
+    return job_log_page(job_id=job.id, after=query.after, limit=query.limit)
+
+
+@api.get(
+    "/jobs/{job_id}/log.txt",
+    response={200: None, 404: ErrorsOut},
+    summary="The job's whole kept log as text",
+    openapi_extra={
+        "responses": {
+            200: {"description": "One `<t> <LEVEL> <text>` per line", "content": {"text/plain": {}}},
+        }
+    },
+)
+def get_job_log_text(request: HttpRequest, job_id: str) -> Any:
+    job = _visible_job_or_404(_owner(request), job_id)
+    return LogTextResponse(job_log_text(job_id=job.id), filename=f"job-{job.id}.log")

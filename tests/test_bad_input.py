@@ -169,6 +169,8 @@ JOB_PATHS = [
     ("cancel", "POST", "/api/jobs/{id}/cancel/"),
     ("result", "GET", "/api/jobs/{id}/result/"),
     ("events", "GET", "/api/jobs/{id}/events/"),
+    ("log", "GET", "/api/jobs/{id}/log/"),
+    ("log-txt", "GET", "/api/jobs/{id}/log.txt"),
     ("page", "GET", "/jobs/{id}/"),
 ]
 BAD_IDS = [
@@ -208,6 +210,8 @@ HTTP_PATH_CASES = (
             "events-log-after-20-digits", "GET", "/api/jobs/{mine}/events/?log_after=" + "9" * 20, 400, "log_after"
         ),
         HttpCase("post-to-the-events-without-csrf", "POST", "/api/jobs/{mine}/events/", 405, "method", csrf=False),
+        HttpCase("post-to-the-log", "POST", "/api/jobs/{mine}/log/", 405, "method"),
+        HttpCase("delete-the-log-txt", "DELETE", "/api/jobs/{mine}/log.txt", 405, "method"),
         HttpCase("post-to-unknown-api-path-without-csrf", "POST", "/api/nothing-here/", 404, "path", csrf=False),
     ]
 )
@@ -228,6 +232,31 @@ HTTP_PAGING_CASES = [
         ("page_size=-5", "page_size"),
         ("page_size=", "page_size"),
         ("page_size=1e2", "page_size"),
+    ]
+]
+
+HTTP_LOG_PAGING_CASES = [
+    HttpCase(f"log-{case_id}", "GET", f"/api/jobs/{{mine}}/log/?{query}", 400, name)
+    for case_id, query, name in [
+        ("after-negative", "after=-1", "after"),
+        ("after-letters", "after=abc", "after"),
+        ("after-fraction", "after=1.5", "after"),
+        ("after-whole-float", "after=5.0", "after"),
+        ("after-empty", "after=", "after"),
+        ("after-plus-sign", "after=%2B5", "after"),
+        ("after-leading-space", "after=%205", "after"),
+        ("after-underscore", "after=1_000", "after"),
+        ("after-exponent", "after=1e3", "after"),
+        ("after-arabic-digit", "after=%D9%A3", "after"),
+        ("after-20-digits", "after=" + "9" * 20, "after"),
+        ("after-5000-digits", "after=" + "9" * 5000, "after"),
+        ("after-twice", "after=1&after=2", "after"),
+        ("limit-0", "limit=0", "limit"),
+        ("limit-1001", "limit=1001", "limit"),
+        ("limit-negative", "limit=-5", "limit"),
+        ("limit-letters", "limit=abc", "limit"),
+        ("limit-empty", "limit=", "limit"),
+        ("limit-twice", "limit=5&limit=5", "limit"),
     ]
 ]
 
@@ -329,7 +358,15 @@ SOCKET_CASES = [
     SocketCase("ws-origin-other-allowed-host", "/ws/jobs/", "refused", code=403, origin="http://localhost:{port}"),
 ]
 
-CASES: list[Case] = [*HTTP_POST_CASES, *HTTP_PATH_CASES, *HTTP_PAGING_CASES, *SSE_CASES, *FORM_CASES, *SOCKET_CASES]
+CASES: list[Case] = [
+    *HTTP_POST_CASES,
+    *HTTP_PATH_CASES,
+    *HTTP_PAGING_CASES,
+    *HTTP_LOG_PAGING_CASES,
+    *SSE_CASES,
+    *FORM_CASES,
+    *SOCKET_CASES,
+]
 
 
 def test_the_table_has_at_least_40_cases_with_unique_ids() -> None:

@@ -1,5 +1,5 @@
 """Sessions only where needed (docs/contract.md#http): against the real daphne, cookieless
-API reads, the health check, SSE, pages of a job and sockets write no session row; only
+API reads (a job's log included), the health check, SSE, pages of a job and sockets write no session row; only
 `GET /` and a request that creates a job do. Expired sessions are cleared once a day by
 the beat task `jobs.clear_sessions`, run here by a real worker."""
 
@@ -35,6 +35,9 @@ COOKIELESS_REQUESTS = [
     ("GET", "/api/jobs/{unknown}/"),
     ("GET", "/api/jobs/{unknown}/result/"),
     ("GET", "/api/jobs/{unknown}/events/"),
+    ("GET", "/api/jobs/{unknown}/log/"),
+    ("GET", "/api/jobs/{unknown}/log/?after=abc"),  # a 400
+    ("GET", "/api/jobs/{unknown}/log.txt"),
     ("GET", "/api/openapi.json"),
     ("GET", "/jobs/{unknown}/"),
     ("GET", "/healthz"),
