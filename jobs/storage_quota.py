@@ -1,4 +1,4 @@
-"""Storage quotas per owner: bytes of result files and imported rows.
+"""Storage quotas per owner: bytes of result files and job logs, and imported rows.
 
 Two checks. At submit (`storage_quota_check`, in the creating transaction beside the
 job quotas of jobs/quotas.py), an owner already at a quota gets QuotaExceeded, a 429.
@@ -6,8 +6,10 @@ While a job runs, the worker holds it to what is left (`result_budget_for`,
 `import_budget_for`): a job that would pass a quota raises StorageQuotaExceeded, fails
 with that message and keeps nothing (jobs/services/run.py removes its result files, the
 import deletes its rows). Held bytes are summed from `Job.result_bytes`, written at each
-finish; imported rows are counted. Jobs running side by side each get what was left
-when they started, so together they may pass a quota by at most one budget each.
+finish, and `Job.log_bytes`, kept up to date as log lines are kept and dropped
+(jobs/services/logs.py); imported rows are counted. Jobs running side by side each get
+what was left when they started, so together they may pass a quota by at most one
+budget each.
 
 A limit of 0 turns a quota off; owners with `jobs.bypass_quotas` are exempt. Storage
 frees as retention purges the owner's old jobs (jobs/services/retention.py).
@@ -21,7 +23,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Min, Q, Sum
+from django.db.models import F, Min, Q, Sum
 from django.utils import timezone
 
 from jobs.exceptions import JobError
@@ -39,11 +41,16 @@ class StorageQuotaExceeded(JobError):
     """A running job would pass a storage quota; its message is for users."""
 
 
+# What counts in the result storage quota: a job's result files and its kept log lines.
+HOLDS_RESULT_BYTES = Q(result_bytes__gt=0) | Q(log_bytes__gt=0)
+
+
 def result_bytes_held(*, owner: Owner, exclude: Job | None = None) -> int:
+    """Bytes of the owner's result files and job logs."""
     jobs = Job.objects.filter(owner.jobs_filter())
     if exclude is not None:
         jobs = jobs.exclude(pk=exclude.pk)
-    return int(jobs.aggregate(held=Sum("result_bytes"))["held"] or 0)
+    return int(jobs.aggregate(held=Sum(F("result_bytes") + F("log_bytes")))["held"] or 0)
 
 
 def imported_rows_held(*, owner: Owner, exclude: Job | None = None) -> int:
@@ -65,9 +72,9 @@ def storage_quota_check(*, owner: Owner) -> None:
         held = result_bytes_held(owner=owner)
         if held >= bytes_limit:
             raise QuotaExceeded(
-                f"Your jobs' result files take {size_text(held)}, at or over your result storage quota of "
+                f"Your jobs' result files and logs take {size_text(held)}, at or over your result storage quota of "
                 f"{size_text(bytes_limit)} (JOB_QUOTA_RESULT_BYTES); they free as old jobs are purged.",
-                retry_after=_storage_retry_after(owner, Q(result_bytes__gt=0)),
+                retry_after=_storage_retry_after(owner, HOLDS_RESULT_BYTES),
             )
     rows_limit = settings.JOB_QUOTA_IMPORT_ROWS
     if rows_limit:
@@ -101,14 +108,14 @@ class ResultBudget:
     """What one job's result files may hold: the quota less the owner's other jobs'."""
 
     limit: int  # the owner's quota, for the message
-    held: int  # bytes of the owner's other jobs
+    held: int  # bytes of the owner's other jobs: their result files and logs
 
     def check(self, used: int) -> None:
         """Raises StorageQuotaExceeded once this job's files hold `used` bytes past it."""
         if self.held + used > self.limit:
             raise StorageQuotaExceeded(
                 f"The job stopped: its result would pass your result storage quota of {size_text(self.limit)} "
-                f"(your other jobs hold {size_text(self.held)}); its files were removed."
+                f"(your other jobs' files and logs hold {size_text(self.held)}); its files were removed."
             )
 
 

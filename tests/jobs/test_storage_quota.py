@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from jobs.models import ImportedContact, Job, JobState
 from jobs.progress import Progress, ProgressUpdate
-from jobs.storage_quota import ResultBudget, StorageQuotaExceeded
+from jobs.storage_quota import ResultBudget, StorageQuotaExceeded, result_budget_for
 from tests.accounts import BYPASS_QUOTAS, user_with
 from tests.waiting import wait_until
 
@@ -42,8 +42,8 @@ def signed_in(username: str, *codenames: str) -> tuple[Client, Any]:
     return client, user
 
 
-def finished_job(user: Any, *, result_bytes: int = 0, days_ago: float = 1) -> Job:
-    """A job of `user` that ended `days_ago`, holding `result_bytes`."""
+def finished_job(user: Any, *, result_bytes: int = 0, log_bytes: int = 0, days_ago: float = 1) -> Job:
+    """A job of `user` that ended `days_ago`, holding `result_bytes` of files and `log_bytes` of log."""
     ended = timezone.now() - timedelta(days=days_ago)
     return Job.objects.create(
         owner_user=user,
@@ -52,6 +52,7 @@ def finished_job(user: Any, *, result_bytes: int = 0, days_ago: float = 1) -> Jo
         state=JobState.SUCCEEDED,
         seq=3,
         result_bytes=result_bytes,
+        log_bytes=log_bytes,
         created_at=ended,
         updated_at=ended,
         finished_at=ended,
@@ -122,6 +123,32 @@ def test_an_anonymous_owner_at_the_result_quota_gets_429_until_its_jobs_are_purg
     assert "result storage quota of 1 MiB" in message, message
     assert abs(retry_after - 18 * 3600) < 60, retry_after  # a day of retention, 6 hours of it gone
     assert post_report(Client(), rows=10).status_code == 201  # another visitor holds nothing
+
+
+@pytest.mark.django_db
+@override_settings(JOB_QUOTA_RESULT_BYTES=1024 * 1024, JOB_RETENTION_DAYS=30)
+def test_job_logs_count_in_the_result_storage_quota_and_free_with_their_job() -> None:
+    client, user = signed_in("ada")
+    finished_job(user, log_bytes=600_000, days_ago=10)  # a log and no file
+    finished_job(user, result_bytes=400_000, log_bytes=48_576, days_ago=2)
+
+    message, retry_after = over_quota_message(post_report(client, rows=10))
+
+    assert "result files and logs take 1 MiB" in message and "quota of 1 MiB" in message, message
+    assert abs(retry_after - 20 * 86_400) < 60, retry_after  # the job holding only a log is the oldest
+
+
+@pytest.mark.django_db
+def test_a_running_jobs_budget_counts_the_owners_other_logs() -> None:
+    _, user = signed_in("ada")
+    finished_job(user, result_bytes=1_000, log_bytes=234)
+    running = finished_job(user, log_bytes=10**6)
+    Job.objects.filter(pk=running.pk).update(state=JobState.RUNNING, finished_at=None)
+
+    with override_settings(JOB_QUOTA_RESULT_BYTES=1024 * 1024):
+        budget = result_budget_for(Job.objects.get(pk=running.pk))
+
+    assert budget == ResultBudget(limit=1024 * 1024, held=1_234)
 
 
 @pytest.mark.django_db

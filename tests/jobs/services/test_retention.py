@@ -21,7 +21,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from jobs.management.commands.jobs import parse_age
-from jobs.models import Job, JobState
+from jobs.models import Job, JobLogLine, JobState
 from jobs.services import PurgeReport, job_purge_finished
 from jobs.tasks import purge_finished
 from tests.accounts import user_with
@@ -102,6 +102,21 @@ def test_a_job_that_ended_before_the_age_is_purged_with_its_files(state: JobStat
     assert report == PurgeReport(jobs=1, directories=1)
     assert not exists(job)
     assert not result_dir(job.id).exists()
+
+
+@pytest.mark.django_db
+def test_a_purged_jobs_log_lines_go_with_it_and_a_kept_jobs_stay() -> None:
+    purged = make_job(JobState.SUCCEEDED, ended_days_ago=8)
+    kept = make_job(JobState.SUCCEEDED, ended_days_ago=6, created_days_ago=30)
+    for job in (purged, kept):
+        JobLogLine.objects.bulk_create(
+            JobLogLine(job=job, n=n, t=timezone.now(), level="info", text=f"line {n}") for n in (1, 2, 3)
+        )
+
+    job_purge_finished(older_than=7 * DAY)
+
+    assert not JobLogLine.objects.filter(job_id=purged.id).exists()
+    assert list(JobLogLine.objects.filter(job=kept).values_list("n", flat=True)) == [1, 2, 3]
 
 
 @pytest.mark.django_db
