@@ -9,6 +9,7 @@ client) takes lines in the one shape `LogLinePayload` and frames them here.
 
 # No `from __future__ import annotations`: pydantic (ninja's schema) reads these TypedDicts.
 import json
+import re
 from typing import Literal
 
 from typing_extensions import TypedDict
@@ -20,6 +21,9 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 LINE_MAX_CHARS = 2000  # a line's text at most, its ending "…" included: a page shows it whole
 CUT_MARK = "…"
+# Lone surrogates (text decoded with errors="surrogateescape", such as os.fsdecode's) have
+# no UTF-8: the database, the byte count and the frames would each refuse them.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 LOG_PAGE_MAX = 1000  # lines per page of GET /api/jobs/<id>/log/, at most (and by default)
 BACKFILL_MAX_LINES = 500  # lines a socket or event stream sends on opening, at most: the log's end
 FRAME_MAX_BYTES = 64 * 1024  # a log frame at most: a browser parses it in one go without a stall
@@ -63,9 +67,12 @@ def level_checked(level: str) -> LogLevel:
 
 
 def text_lines(text: object) -> list[str]:
-    """A kind's text as log lines: one per line of it, each cut to LINE_MAX_CHARS."""
+    """A kind's text as log lines: one per line of it, each cut to LINE_MAX_CHARS, a lone
+    surrogate replaced by U+FFFD."""
     if not isinstance(text, str):
         text = str(text)
+    if not text.isascii():
+        text = _SURROGATES.sub("\ufffd", text)
     lines = text.splitlines() or [""]
     return [line if len(line) <= LINE_MAX_CHARS else line[: LINE_MAX_CHARS - 1] + CUT_MARK for line in lines]
 

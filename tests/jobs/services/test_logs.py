@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from django.test import override_settings
 
+from jobs.logs import text_lines
 from jobs.models import Job, JobLogLine, JobState
 from jobs.services.logs import PendingLine, job_log_append
 from tests.jobs.services.conftest import fresh, new_job
@@ -143,3 +144,15 @@ def test_an_empty_batch_keeps_nothing() -> None:
     assert job_log_append(job_id=job.id, attempt=1, lines=[]) is None
 
     assert fresh(job).log_total == 0
+
+
+def test_text_with_a_lone_surrogate_is_kept_with_a_replacement_character() -> None:
+    job = running()
+    undecodable = b"name: caf\xe9.csv".decode(errors="surrogateescape")  # as os.fsdecode gives it
+
+    lines = [PendingLine(t=AT, level="info", text=text) for text in text_lines(undecodable)]
+    batch = job_log_append(job_id=job.id, attempt=1, lines=lines)
+
+    assert batch is not None
+    assert kept(job) == [(1, "name: caf\ufffd.csv")]
+    assert fresh(job).log_bytes == len("name: caf\ufffd.csv".encode())
