@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from core.api_errors import errors_body, errors_response
 from core.client_address import client_address
+from core.whole_numbers import BIGINT_DIGITS, is_whole_number
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
 from jobs.downloads import LogTextResponse, result_download
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
@@ -37,7 +38,6 @@ from jobs.services import job_cancel, job_submit
 
 MAX_PAGE_SIZE = 100
 MULTIPART_FIELDS = ("kind", "params")
-WHOLE_NUMBER_DIGITS = 19  # a line's `n` is a PositiveBigIntegerField: 19 digits hold every one
 
 # --- auth ------------------------------------------------------------------------
 
@@ -191,9 +191,9 @@ class PageQuery(Schema):
 def _whole_number(value: object) -> object:
     """A query value as ASCII digits, few enough for int(): pydantic's own parse of an
     int also takes " 5", "+5", "1_000" and "5.0"."""
-    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= WHOLE_NUMBER_DIGITS):
+    if isinstance(value, str) and not is_whole_number(value):
         raise PydanticCustomError(
-            "whole_number", "Must be a whole number of at most {digits} digits.", {"digits": WHOLE_NUMBER_DIGITS}
+            "whole_number", "Must be a whole number of at most {digits} digits.", {"digits": BIGINT_DIGITS}
         )
     return value
 

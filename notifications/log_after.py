@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
-LOG_AFTER_DIGITS = 19  # a line number is a PositiveBigIntegerField: 19 digits hold every one
+from core.whole_numbers import BIGINT_DIGITS, is_whole_number
 
 
 def query_value(scope: dict[str, Any], name: str) -> str | None:
@@ -19,10 +19,9 @@ def log_after_of(raw: str | None) -> tuple[int, str | None]:
     """`log_after` as a number (0 when absent), and what is wrong with it (None when nothing)."""
     if raw is None:
         return 0, None
-    raw = raw.strip()
-    if raw.isascii() and raw.isdigit() and len(raw) <= LOG_AFTER_DIGITS:
+    if is_whole_number(raw):
         return int(raw), None
     return 0, (
-        f"log_after must be a whole number of at most {LOG_AFTER_DIGITS} digits "
+        f"log_after must be a whole number of at most {BIGINT_DIGITS} digits "
         "(the number of the last log line shown); the log starts from its first kept line."
     )

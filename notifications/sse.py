@@ -27,6 +27,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from core.api_errors import errors_response, method_not_allowed_response
 from core.client_address import UNKNOWN_ADDRESS, client_address
+from core.whole_numbers import BIGINT_DIGITS, is_whole_number
 from jobs.logs import frame_chunks, log_data_text
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_request
@@ -42,7 +43,6 @@ HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job a
 OVER_QUOTA_RETRY_AFTER = 10  # seconds: a stream slot frees when another stream of the visitor ends
 STREAM_START_SECONDS = 10.0  # from a stream's slot taken to its first step, at the most (StreamSlot)
 _watchdogs: set[asyncio.Task[None]] = set()  # held so that a running one is not collected
-LAST_EVENT_ID_DIGITS = 19  # a seq is a PositiveBigIntegerField: 19 digits hold every one
 
 
 def _event(seq: int, job_json: str) -> bytes:
@@ -59,11 +59,11 @@ async def job_events(request: HttpRequest, job_id: str) -> HttpResponseBase:
         return errors_response(404, "id", "No job with this id.")
     raw_last = request.headers.get("Last-Event-ID", "").strip()
     # ASCII digits only ("²" passes isdigit() and fails int()), and few enough for int().
-    if raw_last and not (raw_last.isascii() and raw_last.isdigit() and len(raw_last) <= LAST_EVENT_ID_DIGITS):
+    if raw_last and not is_whole_number(raw_last):
         return errors_response(
             400,
             "Last-Event-ID",
-            f"Must be a whole number of at most {LAST_EVENT_ID_DIGITS} digits: the seq of the last event seen.",
+            f"Must be a whole number of at most {BIGINT_DIGITS} digits: the seq of the last event seen.",
         )
     last_seq = int(raw_last) if raw_last else -1
     raw_log_after = request.GET.get("log_after")
