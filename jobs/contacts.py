@@ -157,3 +157,8 @@ def contact_from_row(line: int, fields: list[str], columns: dict[str, int]) -> C
     if errors or email is None or name is None or age is None:
         return errors
     return Contact(line=line, email=email, name=name, age=age)
+
+
+def rejection_text(errors: list[RowError]) -> str:
+    """A rejected row's problems on one line: `email: 'x' is not an email address; age: missing`."""
+    return "; ".join(f"{error.column}: {error.error}" if error.column else error.error for error in errors)

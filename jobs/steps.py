@@ -10,11 +10,15 @@ shares in proportion to the weights, and the message names the step:
 "Step 2 of 3 · transform: 5,000 of 10,000". Steps run in the order declared, each
 once, inside the one task that owns the job (see docs/job-kinds.md, "Multi-step
 kinds", for why not a Celery chain).
+
+Each step writes a log line when it starts and one when it ends (its time, and the
+`figures` the body set: "drew 50,000 numbers"), or why it did not.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +37,7 @@ class Step:
         self.index = index
         self.name = steps.names[index]
         self.fraction = 0.0  # of this step, from 0 to 1
+        self.figures = ""  # what the step did, for its end line in the log ("drew 50,000 numbers")
 
     @property
     def label(self) -> str:
@@ -43,6 +48,10 @@ class Step:
         if current is not None and total:
             self.fraction = min(1.0, max(0.0, current / total))
         self._steps.report_step(self, message)
+
+    def log(self, text: object, level: str = "info") -> None:
+        """A line in the job's log, the step named: "Step 2 of 3 · transform: <text>"."""
+        self._steps.report.log("\n".join(f"{self.label}: {line}" for line in str(text).splitlines() or [""]), level)
 
     def result_path(self, filename: str) -> Path:
         return Path(self._steps.report.result_path(filename))
@@ -83,18 +92,25 @@ class Steps:
             raise ValueError(f"Step {name!r} out of order: the next step is {expected}.")
         self._next += 1
         step = Step(self, index)
+        started = time.monotonic()
         step(message="starting")
+        step.log("started")
         try:
             yield step
         except JobCancelled:
+            step.log(f"cancelled after {_seconds(started)}", "warning")
             raise
         except JobError as exc:
+            step.log(f"failed after {_seconds(started)}: {exc}", "error")
             raise JobError(f"{step.label} failed: {exc}") from exc
         except Exception as exc:
+            # The owner reads the log: the exception's text stays with staff (error_detail).
+            step.log(f"failed after {_seconds(started)}: an internal error", "error")
             exc.add_note(f"in {step.label}")
             raise
         step.fraction = 1.0
         step(message="done")
+        step.log(f"done in {_seconds(started)}" + (f": {step.figures}" if step.figures else ""))
 
     def percent(self, step: Step) -> float:
         return round(100 * (self._starts[step.index] + self._shares[step.index] * step.fraction), PERCENT_DIGITS)
@@ -102,3 +118,7 @@ class Steps:
     def report_step(self, step: Step, message: str) -> None:
         text = f"{step.label}: {message}" if message else step.label
         self.report(current=self.percent(step), total=100, message=text)
+
+
+def _seconds(since: float) -> str:
+    return f"{time.monotonic() - since:,.2f} s"

@@ -32,6 +32,7 @@ from jobs.owners import Owner
 from jobs.progress import Progress, ProgressUpdate
 from jobs.services import job_create, job_purge_finished
 from jobs.uploads import UPLOADS_DIR, upload_dir, upload_job_id, upload_path
+from tests.log_lines import LogLines
 from tests.waiting import wait_until
 
 Response = Any
@@ -96,9 +97,9 @@ class Recorder:
         return False
 
 
-def reporter(result_dir: Path) -> tuple[Any, Recorder]:
+def reporter(result_dir: Path, log: LogLines | None = None) -> tuple[Any, Recorder]:
     recorder = Recorder()
-    progress = Progress(emit=recorder, max_rate=0, result_dir=result_dir)  # max_rate 0: every call emits
+    progress = Progress(emit=recorder, max_rate=0, result_dir=result_dir, log=log)  # max_rate 0: every call emits
     return progress.as_function(), recorder
 
 
@@ -523,6 +524,55 @@ def test_run_reports_per_batch_with_rows_done_and_errors(tmp_path: Path, monkeyp
         (4, 5, "imported 2 of 5 rows, 2 errors"),
         (5, 5, "imported 3 of 5 rows, 2 errors"),
     ]
+
+
+@pytest.mark.django_db
+def test_run_logs_a_warning_per_rejected_row_naming_its_line_and_why(tmp_path: Path) -> None:
+    job = create_import()
+    log = LogLines()
+    run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
+    assert log.at("warning") == [
+        "line 3: rejected: email: 'not-an-email' is not an email address",
+        "line 6: rejected: name: missing; age: 'abc' is not a whole number",
+    ]
+
+
+@pytest.mark.django_db
+def test_run_logs_a_line_per_batch_with_rows_so_far_and_rejected_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builtin_kinds, "IMPORT_BATCH", 2)
+    job = create_import()
+    log = LogLines()
+    run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
+    assert log.lines == [
+        ("contacts.csv: 5 rows to import", "info"),
+        ("line 3: rejected: email: 'not-an-email' is not an email address", "warning"),
+        ("read 2 of 5 rows: 1 imported, 1 rejected so far", "info"),
+        ("line 6: rejected: name: missing; age: 'abc' is not a whole number", "warning"),
+        ("read 4 of 5 rows: 2 imported, 2 rejected so far", "info"),
+        ("read 5 of 5 rows: 3 imported, 2 rejected so far", "info"),
+        ("done: 3 of 5 rows imported, 2 rejected (errors.csv lists every problem)", "info"),
+    ]
+
+
+@pytest.mark.django_db
+def test_run_again_logs_the_rows_of_the_earlier_run_it_deleted(tmp_path: Path) -> None:
+    job = create_import()
+    run_csv_import(reporter(tmp_path)[0], file=job.params["file"])
+    log = LogLines()
+    run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
+    assert log.texts[1] == "deleted the 3 rows an earlier run of this job stored"
+
+
+@pytest.mark.django_db
+def test_run_of_a_file_that_cannot_be_read_logs_why_as_an_error(tmp_path: Path) -> None:
+    job = create_import()
+    upload_path(job.params["file"]).write_bytes(b"email,name,age\n\xff,Bob,4\n")
+    log = LogLines()
+    with pytest.raises(JobError):
+        run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
+    assert log.lines == [("the file is not UTF-8 text", "error")]
 
 
 @pytest.mark.django_db

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from jobs.builtin_kinds import PRIMES_SEGMENT, run_primes, run_report, run_sleep
 from jobs.exceptions import JobError
 from jobs.kinds import JobKind, Param, ParamsInvalid, UnknownKind, kind_get, kind_list, register
 from jobs.progress import Progress, ProgressUpdate
+from tests.log_lines import LogLines
 
 
 class Recorder:
@@ -27,9 +29,9 @@ class Recorder:
         return False
 
 
-def reporter(result_dir: Path | None = None) -> tuple[Progress, Recorder]:
+def reporter(result_dir: Path | None = None, log: LogLines | None = None) -> tuple[Progress, Recorder]:
     recorder = Recorder()
-    return Progress(emit=recorder, max_rate=0, result_dir=result_dir), recorder  # max_rate 0: every call emits
+    return Progress(emit=recorder, max_rate=0, result_dir=result_dir, log=log), recorder  # max_rate 0: every call emits
 
 
 def primes_below(limit: int) -> int:
@@ -285,6 +287,15 @@ def test_primes_reports_once_per_segment_up_to_the_limit() -> None:
     assert recorder.updates[-1].message == f"checked {2 * PRIMES_SEGMENT + 5:,} numbers, 148,934 primes"
 
 
+def test_primes_logs_its_segments_and_its_count() -> None:
+    log = LogLines()
+    run_primes(reporter(log=log)[0], limit=2 * PRIMES_SEGMENT + 5)
+    assert log.lines == [
+        ("sieving below 2,000,005 in 3 segments of 1,000,000", "info"),
+        ("148,934 primes below 2,000,005", "info"),
+    ]
+
+
 # --- report ----------------------------------------------------------------------
 
 
@@ -326,6 +337,28 @@ def test_report_reports_every_thousand_rows_and_the_last(tmp_path: Path) -> None
     assert recorder.updates[-1].message == "wrote 2,500 of 2,500 rows"
 
 
+def test_report_logs_a_line_per_chunk_written_with_the_bytes_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builtin_kinds, "REPORT_LOG_CHUNK", 6)
+    log = LogLines()
+    result = run_report(reporter(tmp_path, log)[0], rows=15)  # under 1 KiB: sizes in bytes
+
+    assert log.at("info") == log.texts  # nothing to warn about
+    assert log.texts[0] == "writing 15 rows to sales-report.csv"
+    chunks = [re.fullmatch(r"wrote rows (\d+) to (\d+) of 15 \((\d+) bytes so far\)", text) for text in log.texts[1:-1]]
+    assert [(int(m[1]), int(m[2])) for m in chunks if m] == [(1, 6), (7, 12), (13, 15)]
+    sizes = [int(m[3]) for m in chunks if m]
+    assert sizes == sorted(sizes) and sizes[-1] == result["bytes"]  # every byte written by the last chunk's line
+    assert log.texts[-1] == f"done: 15 rows, {result['bytes']} bytes, revenue {result['revenue']:,.2f}"
+
+
+def test_report_on_its_default_rows_logs_a_few_lines(tmp_path: Path) -> None:
+    log = LogLines()
+    run_report(reporter(tmp_path, log)[0], **kind_get("report").validate({}))
+    assert len(log.lines) == 4  # the start, two chunks of 50,000 rows, the end
+
+
 # --- sleep -----------------------------------------------------------------------
 
 
@@ -338,6 +371,24 @@ def test_sleep_reports_each_step_and_returns_its_totals() -> None:
         (2, 3, "step 2 of 3"),
         (3, 3, "step 3 of 3"),
     ]
+
+
+def test_sleep_logs_a_line_per_step() -> None:
+    log = LogLines()
+    run_sleep(reporter(log=log)[0], steps=3, step_seconds=0.25)
+    assert log.lines == [
+        ("sleeping 3 steps of 0.25 s", "info"),
+        ("step 1 of 3 done", "info"),
+        ("step 2 of 3 done", "info"),
+        ("step 3 of 3 done", "info"),
+    ]
+
+
+def test_sleep_fail_at_step_logs_an_error_line_naming_the_step() -> None:
+    log = LogLines()
+    with pytest.raises(JobError):
+        run_sleep(reporter(log=log)[0], steps=5, step_seconds=0, fail_at_step=2)
+    assert log.lines[1:] == [("step 1 of 5 done", "info"), ("step 2 of 5: failing, as asked by fail_at_step", "error")]
 
 
 def test_sleep_fail_at_step_raises_job_error_with_a_clear_message() -> None:

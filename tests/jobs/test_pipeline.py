@@ -24,6 +24,7 @@ from jobs.models import Job
 from jobs.progress import Progress, ProgressUpdate
 from jobs.steps import Steps
 from tests.conftest import LiveServer
+from tests.log_lines import LogLines
 from tests.waiting import wait_until
 
 
@@ -40,9 +41,10 @@ class Recorder:
         return [(u.current, u.message) for u in self.updates]
 
 
-def reporter(result_dir: Path | None = None) -> tuple[Any, Recorder]:
+def reporter(result_dir: Path | None = None, log: LogLines | None = None) -> tuple[Any, Recorder]:
     recorder = Recorder()
-    return Progress(emit=recorder, max_rate=0, result_dir=result_dir).as_function(), recorder  # every call emits
+    progress = Progress(emit=recorder, max_rate=0, result_dir=result_dir, log=log)
+    return progress.as_function(), recorder  # every call emits
 
 
 STEP_MESSAGE = re.compile(r"^Step (\d) of 3 · (\w+)")
@@ -153,6 +155,48 @@ def test_cancel_inside_a_step_passes_through_unchanged() -> None:
     assert raised.value is cancelled
 
 
+SECONDS = r"[\d,]+\.\d\d s"
+
+
+def test_each_step_logs_its_start_and_its_end_with_its_time_and_figures() -> None:
+    log = LogLines()
+    steps = Steps(reporter(log=log)[0], [("load", 1), ("crunch", 3)])
+    with steps.step("load") as step:
+        step.figures = "loaded 12 rows"
+    with steps.step("crunch") as step:
+        step.log("halfway\nstill going", "debug")
+
+    patterns = [
+        ("Step 1 of 2 · load: started", "info"),
+        (f"Step 1 of 2 · load: done in {SECONDS}: loaded 12 rows", "info"),
+        ("Step 2 of 2 · crunch: started", "info"),
+        ("Step 2 of 2 · crunch: halfway", "debug"),
+        ("Step 2 of 2 · crunch: still going", "debug"),  # each line of a text names the step
+        (f"Step 2 of 2 · crunch: done in {SECONDS}", "info"),  # no figures set: none said
+    ]
+    assert len(log.lines) == len(patterns)
+    for (text, level), (pattern, expected_level) in zip(log.lines, patterns, strict=True):
+        assert re.fullmatch(pattern, text) and level == expected_level, (text, level)
+
+
+@pytest.mark.parametrize(
+    ("raised", "level", "said"),
+    [
+        (JobError("the far end said no."), "error", "failed after {s}: the far end said no."),
+        (KeyError("secret internals"), "error", "failed after {s}: an internal error"),  # the text is for staff
+        (JobCancelled(), "warning", "cancelled after {s}"),
+    ],
+)
+def test_a_step_that_does_not_finish_logs_why_instead_of_done(raised: Exception, level: str, said: str) -> None:
+    log = LogLines()
+    with pytest.raises(type(raised)), Steps(reporter(log=log)[0], [("a", 1)]).step("a"):
+        raise raised
+    assert log.texts[0] == "Step 1 of 1 · a: started"
+    ((text, got_level),) = log.lines[1:]
+    assert re.fullmatch("Step 1 of 1 · a: " + said.format(s=SECONDS), text), text
+    assert got_level == level
+
+
 def test_step_result_path_is_the_jobs(tmp_path: Path) -> None:
     report, _ = reporter(tmp_path)
     with Steps(report, [("a", 1)]).step("a") as step:
@@ -201,6 +245,23 @@ def test_pipeline_reports_each_step_in_order_with_the_percent_never_going_back(t
     assert percents == sorted(percents)
     assert (percents[0], percents[-1]) == (0, 100)
     assert len(recorder.updates) == 3 * (20 + 2)  # 20 chunks a step, with its start and its end
+
+
+def test_pipeline_logs_each_step_start_and_end_with_its_figures(tmp_path: Path) -> None:
+    log = LogLines()
+    result = run_pipeline(reporter(tmp_path, log)[0], items=1000, seed=7)
+
+    ends = [
+        f"Step 1 of 3 · generate: done in {SECONDS}: drew 1,000 numbers from 1 to 1,000,000 \\(seed 7\\)",
+        f"Step 2 of 3 · transform: done in {SECONDS}: walked 1,000 numbers, "
+        f"the longest {result['max_steps']} steps \\(from {result['longest_start']:,}\\)",
+        f"Step 3 of 3 · summarize: done in {SECONDS}: \\d+ buckets of 25 steps written to collatz-histogram.csv",
+    ]
+    names = ["generate", "transform", "summarize"]
+    assert log.at("info") == log.texts and len(log.texts) == 6  # a start and an end a step, not one per chunk
+    for number, (name, end) in enumerate(zip(names, ends, strict=True)):
+        assert log.texts[2 * number] == f"Step {number + 1} of 3 · {name}: started"
+        assert re.fullmatch(end, log.texts[2 * number + 1]), log.texts[2 * number + 1]
 
 
 def test_pipeline_failing_step_fails_naming_it_halfway_through_its_share(tmp_path: Path) -> None:
