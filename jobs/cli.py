@@ -4,6 +4,11 @@
 it joins the job's group before it reads the job, then shows every newer frame, the same
 frames the browser gets, and reads the job again after the channel layer was away from
 Redis, so a frame lost meanwhile cannot leave the bar hanging.
+
+The job's log lines print above the bar as they come, as the socket sends them: after the
+first state the kept lines (at most the last 500), then each new batch; a line at or
+below the highest number shown is dropped, and lines missed on the way are read from the
+database (docs/contract.md#job-logs).
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
+from jobs.logs import LogFrame, LogLinePayload, LogPage
 from jobs.models import TERMINAL_STATES, Job
 from jobs.owners import Owner
+from jobs.selectors import job_log_lines, job_log_tail
 from jobs.serializers import JobFrame, JobPayload
 from notifications.follow import job_follow, read_job
+from notifications.socket_db import socket_db
 
 CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it
 HEAL_AFTER_SECONDS = 5.0  # quiet after which the terminal reads the job again: a bar must not hang on a lost frame
@@ -48,9 +57,12 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 # --- watching ------------------------------------------------------------------------
 
 
-async def follow(job_id: uuid.UUID, show: Callable[[JobPayload], None]) -> JobPayload | None:
-    """Calls `show` with each newer state of the job until it is terminal; None if the
-    job does not exist. The terminal is an operator's console: it sees jobs as staff do."""
+async def follow(
+    job_id: uuid.UUID, show: Callable[[JobPayload], None], log: LogView | None = None
+) -> JobPayload | None:
+    """Calls `show` with each newer state of the job until it is terminal, and `log` with
+    its log lines; None if the job does not exist. The terminal is an operator's console:
+    it sees jobs as staff do."""
     follow = job_follow(job_id, staff=True)
     try:
         payloads = await follow.open(functools.partial(read_job, job_id, staff=True))
@@ -59,17 +71,73 @@ async def follow(job_id: uuid.UUID, show: Callable[[JobPayload], None]) -> JobPa
         (current,) = payloads
         follow.shown(payloads)
         show(current)
+        if log is not None:
+            log.show_backfill(await socket_db(job_log_tail, job_id=job_id, after=log.highest))
         while current["state"] not in TERMINAL_STATES:
             message = await follow.next(timeout=HEAL_AFTER_SECONDS)
             if message is None:
                 await follow.heal()  # a frame lost on the way is never resent
                 continue
+            if message["type"] == "job.log":
+                if log is not None:
+                    await _show_log_frame(job_id, log, json.loads(message["text"]))
+                continue
             frame: JobFrame = json.loads(message["text"])
             current = frame["job"]
             show(current)
+        if log is not None:
+            # The ended job's kept lines are all in the database: any line a full queue
+            # dropped on the way shows before the end.
+            log.show(await socket_db(job_log_lines, job_id=job_id, after=log.highest))
         return current
     finally:
         await follow.close()
+
+
+async def _show_log_frame(job_id: uuid.UUID, log: LogView, frame: LogFrame) -> None:
+    lines = [line for line in frame["lines"] if line["n"] > log.highest]
+    if lines and lines[0]["n"] > log.highest + 1:
+        # A gap: a frame cut to its newest lines, or one lost. A batch is kept before it
+        # is published (jobs/services/logs.py): the database holds the missing lines still kept.
+        missing = lines[0]["n"] - log.highest - 1
+        log.show(await socket_db(job_log_lines, job_id=job_id, after=log.highest, limit=missing))
+    log.show(lines)
+
+
+LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}  # the word tells them apart too
+
+
+@dataclass
+class LogView:
+    """Prints a job's log lines as `  17 │ INFO    text`, each once, in order: a line at or
+    below the highest number printed is dropped. Colour only on a terminal (rich's own
+    check); the level's word is always there."""
+
+    console: Console
+    job_id: uuid.UUID
+    highest: int = 0
+
+    def show(self, lines: list[LogLinePayload]) -> None:
+        for line in lines:
+            if line["n"] <= self.highest:
+                continue
+            self.highest = line["n"]
+            style = LEVEL_STYLES.get(line["level"], "")
+            text = Text.assemble(f"{line['n']:>5} │ ", (f"{line['level'].upper():<7} {line['text']}", style))
+            self.console.print(text, soft_wrap=True, highlight=False)
+
+    def show_backfill(self, page: LogPage) -> None:
+        """The kept lines a watch starts with: the log's end, saying how much came before."""
+        lines = [line for line in page["lines"] if line["n"] > self.highest]
+        earlier = lines[0]["n"] - self.highest - 1 if lines else 0
+        if earlier > 0:
+            self.console.print(
+                Text(f"… {earlier:,} earlier line(s): manage.py jobs log {self.job_id}", style="dim"),
+                soft_wrap=True,
+                highlight=False,
+            )
+            self.highest = lines[0]["n"] - 1
+        self.show(lines)
 
 
 @dataclass

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import re
+import uuid
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
+from rich.console import Console
 
-from jobs.cli import CLI_OWNER_TOKEN, parse_params
-from jobs.models import Job, JobState
+from jobs.cli import CLI_OWNER_TOKEN, LogView, cli_owner, parse_params
+from jobs.logs import LogLinePayload
+from jobs.models import Job, JobLogLine, JobState
+from jobs.selectors import job_log_text
+from jobs.services import job_create
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,6 +65,8 @@ def test_submit_without_watch_returns_at_once_with_the_id() -> None:
         (["submit", "primes", "--user", "ghost"], "No user 'ghost'"),
         (["watch", "not-a-uuid"], "is not a job id"),
         (["watch", "7b9c2f9e-0000-0000-0000-000000000000"], "No job"),
+        (["log", "not-a-uuid"], "is not a job id"),
+        (["log", "7b9c2f9e-0000-0000-0000-000000000000"], "No job"),
         (["cancel", "7b9c2f9e-0000-0000-0000-000000000000"], "No job"),
     ],
 )
@@ -83,3 +92,89 @@ def test_list_and_cancel(worker: Any) -> None:
 
 def test_parse_params_keeps_values_as_text_for_the_kind_to_check() -> None:
     assert parse_params(["limit = 5000000", "name=a=b"]) == {"limit": "5000000", "name": "a=b"}
+
+
+# --- log lines ---------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ended_job(lines: list[tuple[str, str]], *, first: int = 1) -> Job:
+    """A succeeded job keeping `lines` (level, text), numbered from `first` (lines below it were dropped)."""
+    job = job_create(owner=cli_owner(), kind="sleep", params={"steps": 1, "step_seconds": 0})
+    now = timezone.now()
+    JobLogLine.objects.bulk_create(
+        JobLogLine(job=job, n=first + index, t=now, level=level, text=text) for index, (level, text) in enumerate(lines)
+    )
+    Job.objects.filter(pk=job.id).update(
+        state=JobState.SUCCEEDED,
+        started_at=now,
+        finished_at=now,
+        updated_at=now,
+        result={"steps": 1},
+        log_total=first - 1 + len(lines),
+        log_dropped=first - 1,
+    )
+    return job
+
+
+def printed_lines(output: str) -> list[str]:
+    """The log lines a watch printed, without the bar's lines."""
+    return [line for line in output.splitlines() if " │ " in line]
+
+
+def line(n: int, level: str = "info", text: str = "") -> LogLinePayload:
+    return {"n": n, "t": "2026-11-25T12:00:03.123456Z", "level": level, "text": text or f"line {n}"}  # type: ignore[typeddict-item]
+
+
+def test_watch_of_an_ended_job_prints_its_kept_lines_in_order_then_its_end() -> None:
+    job = ended_job([("info", "sleeping 1 steps of 0 s"), ("warning", "careful [bold]now[/]"), ("error", "it broke")])
+
+    output = run("watch", str(job.id))
+
+    assert printed_lines(output) == [
+        "    1 │ INFO    sleeping 1 steps of 0 s",
+        "    2 │ WARNING careful [bold]now[/]",  # the text as written: no markup read into it
+        "    3 │ ERROR   it broke",
+    ]
+    assert not ANSI.search(output)  # not a terminal: no colour, the level's word tells them apart
+    assert output.rstrip().endswith('succeeded: {"steps": 1}')
+
+
+def test_watch_of_a_long_log_prints_its_last_500_lines_saying_how_many_came_before() -> None:
+    job = ended_job([("info", f"line {n}") for n in range(51, 701)], first=51)  # 50 dropped, 650 kept
+
+    output = run("watch", str(job.id))
+
+    assert f"… 200 earlier line(s): manage.py jobs log {job.id}" in output
+    assert [int(text.split("│")[0]) for text in printed_lines(output)] == list(range(201, 701))
+
+
+def test_log_view_prints_each_line_once_in_order() -> None:
+    out = io.StringIO()
+    view = LogView(Console(file=out, width=60), uuid.uuid4())
+    view.show([line(1), line(2)])
+    view.show([line(2), line(3)])  # a line at or below the highest shown is dropped
+    view.show([line(1)])
+    assert out.getvalue().splitlines() == ["    1 │ INFO    line 1", "    2 │ INFO    line 2", "    3 │ INFO    line 3"]
+
+
+def test_log_view_keeps_a_long_line_on_one_line() -> None:
+    out = io.StringIO()
+    LogView(Console(file=out, width=40), uuid.uuid4()).show([line(1, text="x" * 300)])
+    assert out.getvalue() == "    1 │ INFO    " + "x" * 300 + "\n"  # a pipe gets whole lines; a terminal wraps them
+
+
+def test_log_view_colours_warnings_and_errors_on_a_terminal() -> None:
+    out = io.StringIO()
+    view = LogView(Console(file=out, force_terminal=True, color_system="standard", width=80), uuid.uuid4())
+    view.show([line(1, "info"), line(2, "warning"), line(3, "error")])
+    info, warning, error = (ANSI.findall(text) for text in out.getvalue().splitlines())
+    assert info == [] and warning and error and warning != error  # each its own colour
+
+
+def test_log_prints_the_kept_log_as_log_txt() -> None:
+    job = ended_job([("info", "first"), ("warning", "second")])
+    output = run("log", str(job.id))
+    assert output == "".join(job_log_text(job_id=job.id))
+    assert [text.split(" ", 1)[1] for text in output.splitlines()] == ["INFO first", "WARNING second"]

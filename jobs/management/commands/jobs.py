@@ -1,7 +1,8 @@
 """`manage.py jobs <subcommand>`: jobs from the command line.
 
     manage.py jobs submit primes --param limit=5000000 --watch   # start one, follow its bar
-    manage.py jobs watch <id>                # follow any job until it ends
+    manage.py jobs watch <id>                # follow any job until it ends, its log lines above the bar
+    manage.py jobs log <id>                  # the job's kept log, as log.txt has it
     manage.py jobs list [--state running] [--limit 20]
     manage.py jobs cancel <id>
     manage.py jobs purge --older-than 7d    # finished jobs that ended over 7 days ago, and their files
@@ -24,12 +25,12 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from rich.console import Console
 
-from jobs.cli import EXIT_CODES, ProgressView, cli_owner, describe_end, follow, job_line, parse_params
+from jobs.cli import EXIT_CODES, LogView, ProgressView, cli_owner, describe_end, follow, job_line, parse_params
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind
 from jobs.models import Job, JobState
 from jobs.owners import Owner, owner_of_user
-from jobs.selectors import parse_job_id
+from jobs.selectors import job_log_text, parse_job_id
 from jobs.services import RetentionAges, job_cancel, job_create, job_purge_finished, retention_ages
 
 DURATION_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
@@ -51,20 +52,20 @@ def parse_age(text: str) -> timedelta:
 
 
 class Command(BaseCommand):
-    help = "Work with jobs from the command line. Subcommands: submit, watch, list, cancel, purge."
+    help = "Work with jobs from the command line. Subcommands: submit, watch, log, list, cancel, purge."
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(
             dest="subcommand",
             metavar="subcommand",
             required=True,
-            help="what to do (submit, watch, list, cancel, purge)",
+            help="what to do (submit, watch, log, list, cancel, purge)",
         )
         submit = subcommands.add_parser(
             "submit",
             help="start a job",
             description="Starts a job of KIND with its parameters; with --watch, follows it with a live bar "
-            "and exits 0 when it succeeds, 1 when it fails, 2 when it is cancelled.",
+            "and its log lines, and exits 0 when it succeeds, 1 when it fails, 2 when it is cancelled.",
         )
         submit.add_argument("kind", help="the job kind (see /api/job-kinds/)")
         submit.add_argument(
@@ -72,8 +73,15 @@ class Command(BaseCommand):
         )
         submit.add_argument("--user", help="owner: this user's account (default: the terminal's own jobs)")
         submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
-        watch = subcommands.add_parser("watch", help="follow a job until it ends")
+        watch = subcommands.add_parser("watch", help="follow a job until it ends, with its log lines")
         watch.add_argument("job_id", metavar="ID")
+        log = subcommands.add_parser(
+            "log",
+            help="print a job's kept log",
+            description="Prints the lines the job keeps, oldest first, one `<time> <LEVEL> <text>` a line "
+            "(as GET /api/jobs/<id>/log.txt).",
+        )
+        log.add_argument("job_id", metavar="ID")
         listing = subcommands.add_parser("list", help="the newest jobs")
         listing.add_argument("--state", choices=[state.value for state in JobState])
         listing.add_argument("--limit", type=_positive, default=20, help="how many (default 20)")
@@ -118,6 +126,13 @@ class Command(BaseCommand):
     def handle_watch(self, *, job_id: str, **options: Any) -> None:
         self._watch(_job_id(job_id), stream=options.get("stdout"))
 
+    def handle_log(self, *, job_id: str, **options: Any) -> None:
+        parsed = _job_id(job_id)
+        if not Job.objects.filter(pk=parsed).exists():
+            raise CommandError(f"No job {job_id}.")
+        for text in job_log_text(job_id=parsed):
+            self.stdout.write(text, ending="")
+
     def handle_list(self, *, state: str | None, limit: int, **options: Any) -> None:
         jobs = Job.objects.order_by("-created_at")
         if state:
@@ -143,7 +158,7 @@ class Command(BaseCommand):
         # rich draws a live bar on a terminal and plain lines elsewhere.
         console = Console(file=stream or sys.stdout)
         with ProgressView(console) as view:
-            final = asyncio.run(follow(job_id, view.show))
+            final = asyncio.run(follow(job_id, view.show, LogView(console, job_id)))
         if final is None:
             raise CommandError(f"No job {job_id}.")
         self.stdout.write(describe_end(final))
