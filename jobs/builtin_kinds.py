@@ -61,7 +61,6 @@ def run_sleep(report: Reporter, *, steps: int, step_seconds: float, fail_at_step
     report.log(f"sleeping {steps} steps of {step_seconds:g} s")
     for step in range(1, steps + 1):
         if fail_at_step == step:
-            report.log(f"step {step} of {steps}: failing, as asked by fail_at_step", "error")
             raise JobError(f"Failed at step {step}, as asked by fail_at_step.")
         time.sleep(step_seconds)
         report(current=step, total=steps, message=f"step {step} of {steps}")
@@ -243,8 +242,7 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
                     try:
                         budget.check(imported + len(valid))
                     except StorageQuotaExceeded:
-                        stored, _ = ImportedContact.objects.filter(job_id=job_id).delete()
-                        report.log(f"over the imported rows quota: deleted the {stored:,} rows stored", "error")
+                        ImportedContact.objects.filter(job_id=job_id).delete()
                         raise
                 # A line stored already (by a run taken for lost that came back) stays: same file, same row.
                 ImportedContact.objects.bulk_create(valid, ignore_conflicts=True)
@@ -253,10 +251,8 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
                 report(current=done, total=total, message=f"imported {imported:,} of {total:,} rows, {errors:,} errors")
                 report.log(f"read {done:,} of {total:,} rows: {imported:,} imported, {errors:,} rejected so far")
     except UnicodeDecodeError:
-        report.log("the file is not UTF-8 text", "error")
         raise JobError("The file is not UTF-8 text; save it as CSV UTF-8 and upload it again.") from None
     except ContactsFileInvalid as exc:
-        report.log(str(exc), "error")
         raise JobError(str(exc)) from None
     report.log(
         f"done: {imported:,} of {total:,} rows imported, {errors:,} rejected"

@@ -12,7 +12,8 @@ once, inside the one task that owns the job (see docs/job-kinds.md, "Multi-step
 kinds", for why not a Celery chain).
 
 Each step writes a log line when it starts and one when it ends (its time, and the
-`figures` the body set: "drew 50,000 numbers"), or why it did not.
+`figures` the body set: "drew 50,000 numbers"); a step that fails or is cancelled has
+the run's own last line instead, the JobError's message naming the step.
 """
 
 from __future__ import annotations
@@ -98,19 +99,16 @@ class Steps:
         try:
             yield step
         except JobCancelled:
-            step.log(f"cancelled after {_seconds(started)}", "warning")
             raise
         except JobError as exc:
-            step.log(f"failed after {_seconds(started)}: {exc}", "error")
             raise JobError(f"{step.label} failed: {exc}") from exc
         except Exception as exc:
-            # The owner reads the log: the exception's text stays with staff (error_detail).
-            step.log(f"failed after {_seconds(started)}: an internal error", "error")
             exc.add_note(f"in {step.label}")
             raise
         step.fraction = 1.0
         step(message="done")
-        step.log(f"done in {_seconds(started)}" + (f": {step.figures}" if step.figures else ""))
+        elapsed = f"{time.monotonic() - started:,.2f} s"
+        step.log(f"done in {elapsed}: {step.figures}" if step.figures else f"done in {elapsed}")
 
     def percent(self, step: Step) -> float:
         return round(100 * (self._starts[step.index] + self._shares[step.index] * step.fraction), PERCENT_DIGITS)
@@ -118,7 +116,3 @@ class Steps:
     def report_step(self, step: Step, message: str) -> None:
         text = f"{step.label}: {message}" if message else step.label
         self.report(current=self.percent(step), total=100, message=text)
-
-
-def _seconds(since: float) -> str:
-    return f"{time.monotonic() - since:,.2f} s"

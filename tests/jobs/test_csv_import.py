@@ -566,16 +566,6 @@ def test_run_again_logs_the_rows_of_the_earlier_run_it_deleted(tmp_path: Path) -
 
 
 @pytest.mark.django_db
-def test_run_of_a_file_that_cannot_be_read_logs_why_as_an_error(tmp_path: Path) -> None:
-    job = create_import()
-    upload_path(job.params["file"]).write_bytes(b"email,name,age\n\xff,Bob,4\n")
-    log = LogLines()
-    with pytest.raises(JobError):
-        run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
-    assert log.lines == [("the file is not UTF-8 text", "error")]
-
-
-@pytest.mark.django_db
 def test_run_twice_stores_each_row_once_and_drops_rows_of_an_earlier_run(tmp_path: Path) -> None:
     job = create_import()
     ImportedContact.objects.create(job=job, line=99, email="stale@example.com", name="Stale", age=1)

@@ -179,22 +179,12 @@ def test_each_step_logs_its_start_and_its_end_with_its_time_and_figures() -> Non
         assert re.fullmatch(pattern, text) and level == expected_level, (text, level)
 
 
-@pytest.mark.parametrize(
-    ("raised", "level", "said"),
-    [
-        (JobError("the far end said no."), "error", "failed after {s}: the far end said no."),
-        (KeyError("secret internals"), "error", "failed after {s}: an internal error"),  # the text is for staff
-        (JobCancelled(), "warning", "cancelled after {s}"),
-    ],
-)
-def test_a_step_that_does_not_finish_logs_why_instead_of_done(raised: Exception, level: str, said: str) -> None:
+@pytest.mark.parametrize("raised", [JobError("the far end said no."), KeyError("internals"), JobCancelled()])
+def test_a_step_that_does_not_finish_logs_no_done_line(raised: Exception) -> None:
     log = LogLines()
     with pytest.raises(type(raised)), Steps(reporter(log=log)[0], [("a", 1)]).step("a"):
         raise raised
-    assert log.texts[0] == "Step 1 of 1 · a: started"
-    ((text, got_level),) = log.lines[1:]
-    assert re.fullmatch("Step 1 of 1 · a: " + said.format(s=SECONDS), text), text
-    assert got_level == level
+    assert log.texts == ["Step 1 of 1 · a: started"]  # the run's end writes why (jobs/services/run.py)
 
 
 def test_step_result_path_is_the_jobs(tmp_path: Path) -> None:
