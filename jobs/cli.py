@@ -30,6 +30,7 @@ from jobs.owners import Owner
 from jobs.selectors import job_log_lines, job_log_tail
 from jobs.serializers import JobFrame, JobPayload
 from notifications.follow import job_follow, read_job
+from notifications.messages import LayerLogMessage
 from notifications.socket_db import socket_db
 
 CLI_OWNER_TOKEN = "terminal"  # jobs submitted without --user; not hex, so no browser token can match it
@@ -73,6 +74,7 @@ async def follow(
         show(current)
         if log is not None:
             log.show_backfill(await socket_db(job_log_tail, job_id=job_id, after=log.highest))
+            follow.shows_log(log.highest)  # from now on `next` gives the batches above it too
         while current["state"] not in TERMINAL_STATES:
             message = await follow.next(timeout=HEAL_AFTER_SECONDS)
             if message is None:
@@ -80,7 +82,7 @@ async def follow(
                 continue
             if message["type"] == "job.log":
                 if log is not None:
-                    await _show_log_frame(job_id, log, json.loads(message["text"]))
+                    await show_log_batch(job_id, log, message)
                 continue
             frame: JobFrame = json.loads(message["text"])
             current = frame["job"]
@@ -94,14 +96,15 @@ async def follow(
         await follow.close()
 
 
-async def _show_log_frame(job_id: uuid.UUID, log: LogView, frame: LogFrame) -> None:
-    lines = [line for line in frame["lines"] if line["n"] > log.highest]
-    if lines and lines[0]["n"] > log.highest + 1:
-        # A gap: a frame cut to its newest lines, or one lost. A batch is kept before it
-        # is published (jobs/services/logs.py): the database holds the missing lines still kept.
-        missing = lines[0]["n"] - log.highest - 1
+async def show_log_batch(job_id: uuid.UUID, log: LogView, message: LayerLogMessage) -> None:
+    """A batch of lines the Follow has not passed on before, after any it skipped: a
+    batch cut to its newest lines, or one a full queue dropped. A batch is kept before it
+    is published (jobs/services/logs.py), so the database holds those, if still kept."""
+    if message["first"] > log.highest + 1:
+        missing = message["first"] - log.highest - 1
         log.show(await socket_db(job_log_lines, job_id=job_id, after=log.highest, limit=missing))
-    log.show(lines)
+    frame: LogFrame = json.loads(message["text"])
+    log.show(frame["lines"])
 
 
 LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}  # the word tells them apart too

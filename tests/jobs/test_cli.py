@@ -8,15 +8,16 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rich.console import Console
 
-from jobs.cli import CLI_OWNER_TOKEN, LogView, cli_owner, parse_params
-from jobs.logs import LogLinePayload
+from jobs.cli import CLI_OWNER_TOKEN, LogView, parse_params, show_log_batch
+from jobs.logs import LogLinePayload, log_frame_text
 from jobs.models import Job, JobLogLine, JobState
 from jobs.selectors import job_log_text
-from jobs.services import job_create
+from notifications.messages import LayerLogMessage
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,6 +38,34 @@ def test_submit_watch_follows_the_stream_to_success(worker: Any) -> None:
     assert f"Started sleep job {job.id}" in output
     assert "succeeded" in output and "100.0 %" in output
     assert output.rstrip().endswith('succeeded: {"steps": 5, "seconds": 0.25}')
+
+
+def test_submit_watch_prints_the_jobs_log_lines_in_order_each_once_above_the_end(worker: Any) -> None:
+    output = run("submit", "sleep", "--param", "steps=5", "--param", "step_seconds=0.2", "--watch")
+
+    assert printed_lines(output) == [
+        "    1 │ INFO    sleeping 5 steps of 0.2 s",
+        *(f"{n + 1:>5} │ INFO    step {n} of 5 done" for n in range(1, 6)),
+    ]
+    assert "100.0 %" in output
+    assert output.rstrip().endswith('succeeded: {"steps": 5, "seconds": 1.0}')
+
+
+def test_submit_watch_of_a_failing_pipeline_ends_its_log_with_the_error(worker: Any) -> None:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        args = ["--param", "items=100", "--param", "pause_ms=20", "--param", "fail_at_step=2", "--watch"]
+        call_command("jobs", "submit", "pipeline", *args, stdout=out)
+    assert exited.value.code == 1
+
+    texts = [text.split(" │ ", 1)[1] for text in printed_lines(out.getvalue())]
+    assert texts[0] == "INFO    Step 1 of 3 · generate: started"
+    assert texts[2:] == [
+        "INFO    Step 2 of 3 · transform: started",
+        "ERROR   Step 2 of 3 · transform failed: it failed on purpose, as asked by fail_at_step.",
+    ]
+    kept = run("log", str(Job.objects.get().id)).splitlines()  # the same lines, as log.txt has them
+    assert [text.split(" ", 1)[1] for text in kept] == [" ".join(text.split(None, 1)) for text in texts]
 
 
 def test_submit_watch_of_a_failing_job_exits_1_with_its_error(worker: Any) -> None:
@@ -100,20 +129,24 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def ended_job(lines: list[tuple[str, str]], *, first: int = 1) -> Job:
-    """A succeeded job keeping `lines` (level, text), numbered from `first` (lines below it were dropped)."""
-    job = job_create(owner=cli_owner(), kind="sleep", params={"steps": 1, "step_seconds": 0})
+    """A succeeded job (a row with no task behind it, so no worker runs it) keeping `lines`
+    (level, text), numbered from `first` (lines below it were dropped)."""
     now = timezone.now()
-    JobLogLine.objects.bulk_create(
-        JobLogLine(job=job, n=first + index, t=now, level=level, text=text) for index, (level, text) in enumerate(lines)
-    )
-    Job.objects.filter(pk=job.id).update(
+    job = Job.objects.create(
+        owner_token=CLI_OWNER_TOKEN,
+        kind="sleep",
+        params={"steps": 1, "step_seconds": 0},
         state=JobState.SUCCEEDED,
+        created_at=now,
         started_at=now,
         finished_at=now,
         updated_at=now,
         result={"steps": 1},
         log_total=first - 1 + len(lines),
         log_dropped=first - 1,
+    )
+    JobLogLine.objects.bulk_create(
+        JobLogLine(job=job, n=first + index, t=now, level=level, text=text) for index, (level, text) in enumerate(lines)
     )
     return job
 
@@ -148,6 +181,23 @@ def test_watch_of_a_long_log_prints_its_last_500_lines_saying_how_many_came_befo
 
     assert f"… 200 earlier line(s): manage.py jobs log {job.id}" in output
     assert [int(text.split("│")[0]) for text in printed_lines(output)] == list(range(201, 701))
+
+
+async def test_a_batch_after_a_gap_prints_the_missing_lines_from_the_database_first() -> None:
+    job = await sync_to_async(ended_job)([("info", f"line {n}") for n in range(1, 6)])
+    out = io.StringIO()
+    view = LogView(Console(file=out, width=60), job.id)
+    view.show([line(1)])
+    batch = [line(4), line(5)]  # 2 and 3 never came: a batch cut to its newest lines, or one dropped
+    message: LayerLogMessage = {
+        "type": "job.log",
+        "job_id": str(job.id),
+        "first": 4,
+        "last": 5,
+        "text": log_frame_text(batch, total=5, dropped=0),
+    }
+    await show_log_batch(job.id, view, message)
+    assert [int(text.split("│")[0]) for text in out.getvalue().splitlines()] == [1, 2, 3, 4, 5]
 
 
 def test_log_view_prints_each_line_once_in_order() -> None:
