@@ -172,6 +172,9 @@ def run_report(report: Reporter, *, rows: int) -> dict[str, Any]:
 
 IMPORT_BATCH = 500  # rows per bulk_create and per progress report: short transactions, frequent reports
 ERROR_REPORT_NAME = "errors.csv"
+# Rejected rows named one per log line, at most: enough to see what is wrong with a file,
+# and past it a file of bad rows is not slowed to the log's pace (errors.csv lists them all).
+REJECTED_LINES_MAX = 1_000
 
 
 @job_kind(
@@ -237,7 +240,14 @@ def run_csv_import(report: Reporter, *, file: str) -> dict[str, Any]:
                     else:
                         errors += 1
                         writer.writerows((error.line, error.column, error.error) for error in row)
-                        report.log(f"line {line}: rejected: {rejection_text(row)}", "warning")
+                        if errors <= REJECTED_LINES_MAX:
+                            report.log(f"line {line}: rejected: {rejection_text(row)}", "warning")
+                        if errors == REJECTED_LINES_MAX:
+                            report.log(
+                                f"{REJECTED_LINES_MAX:,} rows rejected: the next are counted below, not named "
+                                f"one by one ({ERROR_REPORT_NAME} lists every problem)",
+                                "warning",
+                            )
                 if budget is not None:
                     try:
                         budget.check(imported + len(valid))

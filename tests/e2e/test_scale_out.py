@@ -167,6 +167,8 @@ async def follow_job(web_url: str, job_id: str, sessionid: str) -> SocketRecord:
     async with open_socket(web_url, f"/ws/jobs/{job_id}/", sessionid) as socket:
         while job_id not in record.terminal_ids():
             frame = await next_frame(socket)
+            if frame["type"] == "log":  # the job's log lines, between its frames
+                continue
             assert frame["type"] == "job", frame
             record.frames.setdefault(job_id, []).append(frame["job"])
         with pytest.raises(ConnectionClosed):

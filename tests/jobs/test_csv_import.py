@@ -538,6 +538,21 @@ def test_run_logs_a_warning_per_rejected_row_naming_its_line_and_why(tmp_path: P
 
 
 @pytest.mark.django_db
+def test_run_names_the_first_rejected_rows_then_only_counts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builtin_kinds, "REJECTED_LINES_MAX", 1)
+    job = create_import()
+    log = LogLines()
+    run_csv_import(reporter(tmp_path, log)[0], file=job.params["file"])
+    assert log.at("warning") == [
+        "line 3: rejected: email: 'not-an-email' is not an email address",
+        "1 rows rejected: the next are counted below, not named one by one (errors.csv lists every problem)",
+    ]
+    assert log.lines[-1] == ("done: 3 of 5 rows imported, 2 rejected (errors.csv lists every problem)", "info")
+
+
+@pytest.mark.django_db
 def test_run_logs_a_line_per_batch_with_rows_so_far_and_rejected_so_far(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
