@@ -1,7 +1,7 @@
 // A tiny DOM, just enough for the render modules to run under node: elements with
 // attributes, classes, dataset, style, children and text, and querySelector for simple
 // selectors (`tag`, `.class`, `#id`, `[attr]`, `[attr="value"]`, compounds of them, and
-// the descendant combinator).
+// the descendant combinator), fragments and insertBefore.
 // There is no HTML parser, on purpose: text set on an element stays text.
 
 function kebab(name) {
@@ -66,6 +66,8 @@ export class FakeElement {
 
   // --- children ---
   #adopt(nodes) {
+    // A fragment hands over its children, as the DOM's does.
+    nodes = nodes.flatMap((node) => (node instanceof FakeFragment ? node.childNodes.splice(0) : [node]));
     return nodes.map((node) => {
       const child = typeof node === "string" ? new FakeText(node) : node;
       child.parentNode?.childNodes.splice(child.parentNode.childNodes.indexOf(child), 1);
@@ -74,6 +76,13 @@ export class FakeElement {
     });
   }
   append(...nodes) { this.childNodes.push(...this.#adopt(nodes)); }
+  insertBefore(node, before) {
+    const adopted = this.#adopt([node]);
+    const at = before ? this.childNodes.indexOf(before) : -1;
+    this.childNodes.splice(at < 0 ? this.childNodes.length : at, 0, ...adopted);
+    return node;
+  }
+  scrollIntoView(options) { this.scrolledIntoView = options ?? true; }
   prepend(...nodes) { this.childNodes.unshift(...this.#adopt(nodes)); }
   replaceChildren(...nodes) {
     for (const child of this.childNodes) child.parentNode = null;
@@ -139,12 +148,17 @@ export class FakeElement {
   querySelector(selector) { return this.querySelectorAll(selector)[0] ?? null; }
 }
 
+export class FakeFragment extends FakeElement {
+  constructor(ownerDocument) { super("#document-fragment", ownerDocument); }
+}
+
 export class FakeDocument {
   constructor() {
     this.body = new FakeElement("body", this);
     this.title = "jobstream";
   }
   createElement(tag) { return new FakeElement(tag, this); }
+  createDocumentFragment() { return new FakeFragment(this); }
   getElementById(id) { return this.body.querySelector(`#${id}`); }
   querySelector(selector) { return this.body.querySelector(selector); }
   querySelectorAll(selector) { return this.body.querySelectorAll(selector); }

@@ -116,6 +116,11 @@ export function fakeRuntime({ search = "", answer = () => { throw new TypeError(
       this.readyState = FakeEventSource.OPEN;
       this.dispatch("job", { data: JSON.stringify(job) });
     }
+    /** An `event: log` with `data: {"lines", "total", "dropped"}`. */
+    serverLog(batch) {
+      this.readyState = FakeEventSource.OPEN;
+      this.dispatch("log", { data: typeof batch === "string" ? batch : JSON.stringify(batch) });
+    }
     /** An error the browser will retry after (readyState CONNECTING). */
     serverError({ final = false } = {}) {
       this.readyState = final ? FakeEventSource.CLOSED : FakeEventSource.CONNECTING;

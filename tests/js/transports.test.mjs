@@ -10,7 +10,7 @@ import { makeJob } from "./job-factory.mjs";
  * A stream on fakes, as page.js wires it: `unfinished` are the jobs the page shows,
  * `serverAnswers` what the page's HTTP re-read finds.
  */
-function makeStream({ jobId = null, search = "", serverAnswers = true, unfinished = [], answer } = {}) {
+function makeStream({ jobId = null, search = "", serverAnswers = true, unfinished = [], answer, log } = {}) {
   const fakes = fakeRuntime({ search, answer });
   const seen = { jobs: [], snapshots: [], connection: [], rereads: 0 };
   const stream = createJobStream({
@@ -22,6 +22,7 @@ function makeStream({ jobId = null, search = "", serverAnswers = true, unfinishe
       onConnection: (text) => seen.connection.push(text),
       unfinished: () => unfinished,
       reread: async () => { seen.rereads += 1; return typeof serverAnswers === "function" ? serverAnswers() : serverAnswers; },
+      log,
     },
   });
   return { stream, seen, ...fakes, lastConnection: () => seen.connection.at(-1) };
@@ -315,5 +316,111 @@ describe("polling", () => {
     await settle();
     poll.stream.stop();
     assert.deepEqual(poll.clock.pendingDelays(), []);
+  });
+});
+
+/** The detail page's log callbacks: `after` is the highest line shown, as the feed keeps it. */
+function fakeLog({ poll = async () => {} } = {}) {
+  const log = { last: 0, batches: [], polls: 0 };
+  log.callbacks = {
+    after: () => log.last,
+    onLog: (batch) => {
+      log.batches.push(batch);
+      log.last = Math.max(log.last, ...batch.lines.map((line) => line.n));
+    },
+    poll: async () => { log.polls += 1; await poll(); },
+  };
+  return log;
+}
+
+const lines = (from, to) => ({ lines: Array.from({ length: to - from + 1 }, (_, i) => ({ n: from + i, t: "", level: "info", text: "" })), total: to, dropped: 0 });
+
+describe("the job's log", () => {
+  test("the socket asks for the lines after the last shown, at every (re)connect", async () => {
+    const log = fakeLog();
+    const { stream, sockets, clock } = makeStream({ jobId: "run-1", log: log.callbacks });
+    stream.start();
+    assert.equal(sockets[0].url, "ws://jobs.example/ws/jobs/run-1/?log_after=0");
+    sockets[0].serverOpen();
+    sockets[0].serverSend({ type: "job", job: RUNNING });
+    sockets[0].serverSend({ type: "log", ...lines(1, 0) }); // the backfill: empty
+    sockets[0].serverSend({ type: "log", ...lines(1, 42) });
+    sockets[0].serverClose(1006); // daphne restarts
+    await settle();
+    clock.runNext();
+    assert.equal(sockets[1].url, "ws://jobs.example/ws/jobs/run-1/?log_after=42");
+    sockets[1].refuse();
+    await settle();
+    log.last = 57; // lines read over HTTP meanwhile
+    clock.runNext();
+    assert.equal(sockets[2].url, "ws://jobs.example/ws/jobs/run-1/?log_after=57");
+  });
+
+  test("log frames go to the log, in the order they came", () => {
+    const log = fakeLog();
+    const { stream, sockets, seen } = makeStream({ jobId: "run-1", log: log.callbacks });
+    stream.start();
+    sockets[0].serverOpen();
+    sockets[0].serverSend({ type: "job", job: RUNNING });
+    sockets[0].serverSend({ type: "log", ...lines(1, 3) });
+    sockets[0].serverSend({ type: "log", ...lines(4, 5) });
+    sockets[0].serverSend({ type: "job", job: { ...RUNNING, state: "succeeded", seq: 9 } });
+    assert.deepEqual(log.batches.map((batch) => batch.lines.map((line) => line.n)), [[1, 2, 3], [4, 5]]);
+    assert.equal(log.batches[0].total, 3);
+    assert.deepEqual(seen.jobs.map((job) => job.seq), [4, 9]);
+  });
+
+  test("the owner socket asks for no log", () => {
+    const { stream, sockets } = makeStream({ log: fakeLog().callbacks });
+    stream.start();
+    assert.equal(sockets[0].url, "ws://jobs.example/ws/jobs/");
+  });
+
+  test("SSE after the socket fell back asks for the lines after the last shown; its log events go to the log", async () => {
+    const log = fakeLog();
+    log.last = 7;
+    const { stream, sockets, sources, clock } = makeStream({ jobId: "run-1", unfinished: [RUNNING], log: log.callbacks });
+    stream.start();
+    for (let failure = 0; failure < 3; failure += 1) {
+      sockets.at(-1).refuse();
+      await settle();
+      if (failure < 2) clock.runNext();
+    }
+    assert.equal(stream.transport, "sse");
+    assert.equal(sources[0].url, "/api/jobs/run-1/events/?log_after=7");
+    sources[0].serverLog(lines(8, 9));
+    sources[0].serverLog("not json");
+    assert.deepEqual(log.batches.map((batch) => batch.total), [9]);
+    assert.equal(log.last, 9);
+  });
+
+  test("polling reads the log before it shows the job, so an ended job's last lines are in", async () => {
+    const order = [];
+    const log = fakeLog({ poll: async () => { order.push("log"); } });
+    const { stream, seen } = makeStream({
+      jobId: "run-1",
+      search: "?transport=poll",
+      answer: () => ({ status: 200, body: { ...RUNNING, state: "succeeded", seq: 9 } }),
+      log: { ...log.callbacks, poll: async () => { await log.callbacks.poll(); order.push(`job seen ${seen.jobs.length}`); } },
+    });
+    stream.start();
+    stream.jobShown(RUNNING);
+    await settle();
+    assert.equal(log.polls, 1);
+    assert.deepEqual(order, ["log", "job seen 0"]);
+    assert.equal(seen.jobs.at(-1).state, "succeeded");
+  });
+
+  test("a log read that fails holds up no job state", async () => {
+    const { stream, seen } = makeStream({
+      jobId: "run-1",
+      search: "?transport=poll",
+      answer: () => ({ status: 200, body: { ...RUNNING, seq: 5 } }),
+      log: fakeLog({ poll: async () => { throw new TypeError("network down"); } }).callbacks,
+    });
+    stream.start();
+    stream.jobShown(RUNNING);
+    await settle();
+    assert.deepEqual(seen.jobs.map((job) => job.seq), [5]);
   });
 });

@@ -2,13 +2,17 @@
  * The entry module of `/` (the form and my jobs) and `/jobs/<id>/` (one job): the
  * only module of these pages that does anything when loaded. It draws the jobs the
  * page came with, then every newer state any transport brings, and wires the form,
- * the cancel buttons, the elapsed clock and the re-reads of silent jobs.
+ * the cancel buttons, the elapsed clock and the re-reads of silent jobs; on a detail
+ * page, the job's log panel and what feeds it.
  */
 
 import { setUpForm } from "./form.js";
 import { formatEta, formatRate, ordinal } from "./format.js";
-import { postJson } from "./http.js";
+import { getJson, postJson } from "./http.js";
 import { isTerminal } from "./job.js";
+import { createLogFeed } from "./log-feed.js";
+import { lineFromHash } from "./log-lines.js";
+import { createLogPanel } from "./log-panel.js";
 import { renderElapsed, renderJob } from "./render.js";
 import { createResync, resyncAfterMs } from "./resync.js";
 import { browserRuntime } from "./runtime.js";
@@ -19,12 +23,18 @@ import { createJobStream } from "./transports.js";
 /** @typedef {import("./job.js").Job} Job */
 
 const ELAPSED_TICK_MS = 1000; // "elapsed" counts in whole seconds
+const LOG_FETCH_TIMEOUT_MS = 10000; // a log read the server does not answer gives up, to be asked again
 
 const jobId = document.querySelector("[data-job-detail]")?.getAttribute("data-job-detail") ?? null;
 const shown = new SeqFilter();
 /** @type {Set<string>} ids of jobs whose cancel was asked for and not yet shown */
 const cancelling = new Set();
 const announceEnd = createEndAnnouncer(document, window);
+const logRoot = jobId ? document.querySelector("[data-log-panel]") : null;
+const logPanel = jobId && logRoot instanceof HTMLElement ? createLogPanel(logRoot, { jobId, target: lineFromHash(location.hash) }) : null;
+const logFeed = jobId && logPanel
+  ? createLogFeed({ jobId, panel: logPanel, read: (url) => getJson(url, { timeoutMs: LOG_FETCH_TIMEOUT_MS }) })
+  : null;
 const resync = createResync({ shown, apply, jobId, afterMs: resyncAfterMs(document.body) });
 const stream = createJobStream({
   jobId,
@@ -35,6 +45,7 @@ const stream = createJobStream({
     onConnection: showConnection,
     unfinished: () => shown.all().filter((job) => !isTerminal(job.state)),
     reread: () => resync.rereadShown(),
+    log: logFeed ? { after: () => logFeed.after, onLog: (batch) => logFeed.receive(batch), poll: () => logFeed.catchUp() } : undefined,
   },
 });
 
@@ -59,9 +70,24 @@ function apply(job) {
     else list.prepend(renderJob(job, null, options));
     list.querySelector("[data-empty]")?.setAttribute("hidden", "");
   }
-  if (before && !isTerminal(before.state) && isTerminal(job.state)) announceEnd(job);
+  if (before && !isTerminal(before.state) && isTerminal(job.state)) {
+    announceEnd(job);
+    // A socket brings every line before the end; SSE after a reconnect and polling may not have.
+    if (stream.transport !== "ws") catchUpLog();
+  }
   stream.jobShown(job);
   return true;
+}
+
+/** Reads the job's log over HTTP to its current end. */
+function catchUpLog() {
+  logFeed?.catchUp().catch((error) => console.warn("jobstream: the log could not be read", error));
+}
+
+/** A `#L17` link, or the address bar: that line, now or once it is here. */
+function onHashChange() {
+  const n = lineFromHash(location.hash);
+  if (n !== null) logPanel?.goTo(n);
 }
 
 /** @param {string} text "" hides the connection line */
@@ -125,6 +151,8 @@ function start() {
   for (const job of initial) apply(job);
   const allEnded = initial.length > 0 && initial.every((job) => isTerminal(job.state));
   stream.start({ openSocket: !(jobId && allEnded) }); // a finished job has nothing more to say
+  if (jobId && allEnded) catchUpLog(); // but its log, read over HTTP
+  window.addEventListener("hashchange", onHashChange);
   setInterval(tickElapsed, ELAPSED_TICK_MS);
   setInterval(() => resync.rereadSilent(), resync.checkEveryMs);
 }

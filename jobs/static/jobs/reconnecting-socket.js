@@ -20,7 +20,8 @@ import { backoffDelay } from "./backoff.js";
  * Opens `url` now, and again after every close its handler does not call final. The
  * backoff starts over once a frame arrives: a socket that opens and is closed at once
  * (a refusal after accept) keeps backing off.
- * @param {string} url @param {SocketHandlers} handlers @param {Runtime} runtime
+ * @param {string|(() => string)} url a function is asked at every open (a resume point in the query)
+ * @param {SocketHandlers} handlers @param {Runtime} runtime
  * @returns {{send(data: string): boolean, stop(): void}} send: whether the socket was open to take it
  */
 export function keepSocketOpen(url, handlers, runtime) {
@@ -36,7 +37,7 @@ export function keepSocketOpen(url, handlers, runtime) {
     /** @type {WebSocket} */
     let ws;
     try {
-      ws = new /** @type {typeof WebSocket} */ (runtime.WebSocket)(url);
+      ws = new /** @type {typeof WebSocket} */ (runtime.WebSocket)(typeof url === "function" ? url() : url);
     } catch (error) {
       handlers.onCannotConstruct?.(error);
       return;

@@ -10,6 +10,10 @@
  * request that tells the two apart is the page's re-read of its jobs, so it also shows
  * whatever changed while the socket was down. A socket that reopens starts from the
  * server's snapshot.
+ *
+ * A detail page also hears its job's log: every socket and event stream it opens asks
+ * for the lines after the last one shown (`?log_after=N`), so a resume brings none twice
+ * and none missing; a poll reads them over HTTP.
  */
 
 import { backoffDelay } from "./backoff.js";
@@ -37,6 +41,14 @@ export const CONNECTION_TEXT = { ws: "live", sse: "live (events)", poll: "pollin
  * @property {(text: string) => void} onConnection the connection line's text
  * @property {() => Job[]} unfinished the jobs shown that have not ended: followed one by one after a fallback
  * @property {() => Promise<boolean>} reread re-reads the jobs shown over HTTP; whether the server answered
+ * @property {LogCallbacks} [log] the detail page's log
+ */
+
+/**
+ * @typedef {object} LogCallbacks
+ * @property {() => number} after the highest line shown: a (re)connect asks for the lines after it
+ * @property {(batch: import("./log-lines.js").LogBatch) => void} onLog a `log` frame or event
+ * @property {() => Promise<void>} poll reads the lines after the last shown over HTTP
  */
 
 /**
@@ -62,6 +74,9 @@ export function createJobStream({ jobId, callbacks, runtime }) {
   /** @type {ReturnType<typeof keepSocketOpen>|null} */
   let socket = null;
 
+  /** `?log_after=N` (after `sep`) on the detail page's streams, else "". @param {string} sep */
+  const logQuery = (sep) => (jobId && callbacks.log ? `${sep}log_after=${callbacks.log.after()}` : "");
+
   /** Switches to SSE or polling and follows every job not yet finished. @param {"sse"|"poll"} to */
   const fallBack = (to) => {
     transport = to;
@@ -74,14 +89,15 @@ export function createJobStream({ jobId, callbacks, runtime }) {
     let failures = 0;
     let finished = false;
     const path = jobId ? `/ws/jobs/${encodeURIComponent(jobId)}/` : "/ws/jobs/";
-    socket = keepSocketOpen(socketUrl(runtime.location, path), {
+    socket = keepSocketOpen(() => socketUrl(runtime.location, path + logQuery("?")), {
       onOpen: () => { failures = 0; callbacks.onConnection(CONNECTION_TEXT.ws); },
       onFrame: (frame) => {
         if (frame.type === "snapshot") callbacks.onSnapshot(frame.jobs);
         else if (frame.type === "job") {
           callbacks.onJob(frame.job);
           if (jobId && isTerminal(frame.job.state)) finished = true;
-        } else if (frame.type === "error") runtime.warn("jobstream:", frame.error);
+        } else if (frame.type === "log") callbacks.log?.onLog(frame);
+        else if (frame.type === "error") runtime.warn("jobstream:", frame.error);
       },
       onClose: async (event, opened) => {
         if (event.code === CLOSE_NOT_FOUND || (event.code === CLOSE_NORMAL && finished)) {
@@ -109,7 +125,7 @@ export function createJobStream({ jobId, callbacks, runtime }) {
   /** @param {string} id */
   const followEvents = (id) => {
     const Source = /** @type {typeof EventSource} */ (runtime.EventSource);
-    const source = new Source(`/api/jobs/${encodeURIComponent(id)}/events/`);
+    const source = new Source(`/api/jobs/${encodeURIComponent(id)}/events/${id === jobId ? logQuery("?") : ""}`);
     let errors = 0;
     const stop = () => { source.close(); followers.delete(id); };
     followers.set(id, stop);
@@ -118,6 +134,12 @@ export function createJobStream({ jobId, callbacks, runtime }) {
       let job;
       try { job = JSON.parse(/** @type {MessageEvent} */ (event).data); } catch { return; }
       callbacks.onJob(job);
+    });
+    source.addEventListener("log", (event) => {
+      errors = 0;
+      let batch;
+      try { batch = JSON.parse(/** @type {MessageEvent} */ (event).data); } catch { return; }
+      callbacks.log?.onLog(batch);
     });
     source.addEventListener("error", () => {
       // The stream also "errors" when the server ends it; a finished job has stopped us already.
@@ -141,8 +163,13 @@ export function createJobStream({ jobId, callbacks, runtime }) {
         const response = await runtime.fetch(`/api/jobs/${encodeURIComponent(id)}/`, { headers: { Accept: "application/json" } });
         if (response.status === 404) { followers.get(id)?.(); return; }
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const job = await response.json();
+        // The log first: once the job shows its end its poll stops, and by then every line is
+        // in. A log read that fails holds up no state: the next tick, or the page's catch-up
+        // at the end, reads it again.
+        if (id === jobId) await callbacks.log?.poll().catch(() => {});
         attempt = 0;
-        callbacks.onJob(await response.json());
+        callbacks.onJob(job);
       } catch {
         delay = Math.max(POLL_INTERVAL_MS, backoffDelay(attempt++, runtime.random));
       }
