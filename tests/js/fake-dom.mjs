@@ -92,6 +92,7 @@ export class FakeElement {
   remove() { this.parentNode?.childNodes.splice(this.parentNode.childNodes.indexOf(this), 1); this.parentNode = null; }
   get children() { return this.childNodes.filter((node) => node instanceof FakeElement); }
   get firstElementChild() { return this.children[0] ?? null; }
+  get lastElementChild() { return this.children.at(-1) ?? null; }
   get childElementCount() { return this.children.length; }
 
   get textContent() { return this.childNodes.map((node) => node.textContent).join(""); }

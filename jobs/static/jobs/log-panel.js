@@ -3,7 +3,8 @@
  * coloured by level, filtered by text and level, that follows the tail until the reader
  * scrolls up. Lines go in as text nodes only, never as HTML. Lines added between two
  * frames of the browser go in at once, one fragment per frame, so a fast log costs one
- * layout a frame; at most `maxLines` stay in the DOM, the oldest going first.
+ * layout a frame; at most `maxLines` stay in the DOM, the oldest going first, in blocks
+ * that the browser skips while they are off screen.
  */
 
 import { el } from "./dom.js";
@@ -16,6 +17,9 @@ import { LOG_LEVELS, lineClock, lineMatches } from "./log-lines.js";
 /** Lines kept in the DOM at most: the server's default JOB_LOG_MAX_LINES, so a default log fits whole. */
 export const PANEL_MAX_LINES = 10000;
 const AT_END_PX = 24; // this close to the bottom counts as reading the tail
+// Lines per block of the list: the browser lays out and paints only the blocks on screen
+// (content-visibility), so a new frame costs about the same at 100 lines or at 10,000.
+const LINES_PER_BLOCK = 200;
 
 /** @type {Record<LogLevel, string>} */
 const LEVEL_LABEL = { debug: "Debug", info: "Info", warning: "Warning", error: "Error" };
@@ -111,13 +115,13 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
   body.setAttribute("role", "log");
   body.setAttribute("aria-labelledby", "log-title");
   body.setAttribute("tabindex", "0");
-  body.append(notice, list, empty);
+  body.append(list, empty);
   const jump = el("button", "button button--small log__jump", "Jump to the end ↓");
   jump.setAttribute("type", "button");
   jump.hidden = true;
   const screen = el("div", "log__screen");
   screen.append(body, jump);
-  root.replaceChildren(head, tools, screen);
+  root.replaceChildren(head, tools, notice, screen);
 
   search.addEventListener("input", () => {
     filter.text = search.value.trim();
@@ -180,6 +184,8 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
     const lines = pending.sort((a, b) => a.n - b.n);
     pending = [];
     const tail = document.createDocumentFragment();
+    let block = /** @type {HTMLElement|null} */ (list.lastElementChild);
+    let room = block ? LINES_PER_BLOCK - block.childElementCount : 0;
     for (const line of lines) {
       const at = indexAfter(line.n);
       if (at > 0 && rows[at - 1].n === line.n) continue; // shown already
@@ -187,15 +193,26 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
       const node = renderLine(line);
       node.hidden = !lineMatches(line, filter);
       perLevel[line.level] = (perLevel[line.level] ?? 0) + 1;
-      if (at === rows.length) tail.append(node);
-      else list.insertBefore(node, rows[at].node);
+      if (at < rows.length) rows[at].node.parentNode?.insertBefore(node, rows[at].node);
+      else {
+        if (room === 0) {
+          if (block) block.append(tail);
+          block = el("div", "log__block");
+          list.append(block);
+          room = LINES_PER_BLOCK;
+        }
+        tail.append(node);
+        room -= 1;
+      }
       rows.splice(at, 0, { n: line.n, line, node });
     }
-    list.append(tail);
+    block?.append(tail);
     const excess = rows.length - maxLines;
     if (excess > 0) {
       for (const row of rows.splice(0, excess)) {
+        const from = row.node.parentNode;
         row.node.remove();
+        if (from && from.childElementCount === 0) from.remove();
         perLevel[row.line.level] -= 1;
       }
       trimmed += excess;
