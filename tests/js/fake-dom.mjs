@@ -82,6 +82,11 @@ export class FakeElement {
     this.childNodes.splice(at < 0 ? this.childNodes.length : at, 0, ...adopted);
     return node;
   }
+  after(node) {
+    const parent = this.parentNode;
+    const next = parent.childNodes[parent.childNodes.indexOf(this) + 1] ?? null;
+    parent.insertBefore(node, next);
+  }
   scrollIntoView(options) { this.scrolledIntoView = options ?? true; }
   prepend(...nodes) { this.childNodes.unshift(...this.#adopt(nodes)); }
   replaceChildren(...nodes) {

@@ -86,6 +86,19 @@ describe("the panel", () => {
     assert.deepEqual(visible(root), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   });
 
+  test("lines go in blocks of 200, also when a long hole's lines go in before the tail", () => {
+    const { root, panel, frame } = makePanel();
+    panel.add(lineRange(9501, 10000)); // a backfill: the log's last 500
+    frame();
+    panel.add(lineRange(1, 9500)); // the hole, read over HTTP
+    frame();
+    const blocks = root.querySelectorAll(".log__block");
+    assert.ok(blocks.every((block) => block.childElementCount <= 200), "no block past 200 lines");
+    assert.ok(blocks.length <= 51, `${blocks.length} blocks`);
+    const order = blocks.flatMap((block) => block.children.map((row) => Number(row.dataset.n)));
+    assert.deepEqual(order, Array.from({ length: 10000 }, (_, i) => i + 1));
+  });
+
   test("at most maxLines stay, the oldest going, and the panel says so", () => {
     const { root, panel, frame } = makePanel({ maxLines: 5 });
     panel.add(lineRange(1, 8));

@@ -186,6 +186,8 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
     const tail = document.createDocumentFragment();
     let block = /** @type {HTMLElement|null} */ (list.lastElementChild);
     let room = block ? LINES_PER_BLOCK - block.childElementCount : 0;
+    /** @type {Set<HTMLElement>} blocks that older lines went into */
+    const grown = new Set();
     for (const line of lines) {
       const at = indexAfter(line.n);
       if (at > 0 && rows[at - 1].n === line.n) continue; // shown already
@@ -193,8 +195,11 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
       const node = renderLine(line);
       node.hidden = !lineMatches(line, filter);
       perLevel[line.level] = (perLevel[line.level] ?? 0) + 1;
-      if (at < rows.length) rows[at].node.parentNode?.insertBefore(node, rows[at].node);
-      else {
+      if (at < rows.length) {
+        const into = /** @type {HTMLElement} */ (rows[at].node.parentNode);
+        into.insertBefore(node, rows[at].node);
+        grown.add(into);
+      } else {
         if (room === 0) {
           if (block) block.append(tail);
           block = el("div", "log__block");
@@ -207,6 +212,7 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
       rows.splice(at, 0, { n: line.n, line, node });
     }
     block?.append(tail);
+    for (const into of grown) split(into);
     const excess = rows.length - maxLines;
     if (excess > 0) {
       for (const row of rows.splice(0, excess)) {
@@ -220,6 +226,18 @@ export function createLogPanel(root, { jobId, schedule = (callback) => requestAn
     drawState();
     if (wanted !== null && highlight(wanted)) wanted = null;
     else if (following) toEnd();
+  }
+
+  /** Cuts a block that a hole's lines made long into blocks of LINES_PER_BLOCK. @param {HTMLElement} block */
+  function split(block) {
+    const lines = [...block.children];
+    let last = block;
+    for (let from = LINES_PER_BLOCK; from < lines.length; from += LINES_PER_BLOCK) {
+      const next = el("div", "log__block");
+      next.append(...lines.slice(from, from + LINES_PER_BLOCK));
+      last.after(next);
+      last = next;
+    }
   }
 
   /**
