@@ -30,6 +30,15 @@ LINES_JS = "() => [...document.querySelectorAll('.log__line')].map((row) => Numb
 VISIBLE_JS = "() => [...document.querySelectorAll('.log__line')].filter((row) => !row.hidden).map((row) => row.id)"
 
 
+# Before the page's script: the URL of every WebSocket the page opens, to see where each resumed.
+RECORD_SOCKETS_JS = """
+window.__sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(url, ...rest) { super(url, ...rest); window.__sockets.push(String(url)); }
+};
+"""
+
+
 @pytest.fixture
 def daphne(live_server_env: dict[str, str], tmp_path: Path) -> Iterator[DaphneProcess]:
     server = DaphneProcess(env=live_server_env, log=tmp_path / "daphne.log")
@@ -81,6 +90,7 @@ def open_job(page: Page, daphne: DaphneProcess, params: dict[str, Any], *, hash:
 def test_log_streams_live_and_survives_a_daphne_restart_with_no_line_twice_or_missing(
     daphne: DaphneProcess, worker: Any, page: Page
 ) -> None:
+    page.add_init_script(RECORD_SOCKETS_JS)
     job = open_job(page, daphne, {"steps": 60, "step_seconds": 0.15})  # 9 s: lines before and after the kill
     card = page.locator(f"#job-{job['id']}")
     connection = page.locator("[data-connection]")
@@ -98,6 +108,11 @@ def test_log_streams_live_and_survives_a_daphne_restart_with_no_line_twice_or_mi
     expect(card).to_have_attribute("data-state", "succeeded", timeout=JOB_TIMEOUT)
     kept = assert_panel_shows_every_kept_line_once(page, daphne.url, job["id"])
     assert len(kept) > len(before), "lines written after the restart came in too"
+    urls = page.evaluate("window.__sockets")
+    assert urls[0].endswith("?log_after=0") and len(urls) >= 2
+    resumed_at = int(urls[-1].rsplit("log_after=", 1)[1])
+    assert resumed_at >= max(before), f"the reconnect resumed at {resumed_at}, below the {max(before)} shown"
+    print(f"\nbefore the kill {len(before)} lines, resumed at {resumed_at}, at the end {len(kept)}")  # pytest -s
     assert page.evaluate("window.jobstream.transport") == "ws"
     expect(page.locator(".log__count")).to_have_text(f"{len(kept)} lines")
     expect(page.locator(".log__notice")).to_be_hidden()
