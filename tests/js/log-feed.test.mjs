@@ -92,6 +92,19 @@ describe("the feed", () => {
     assert.ok(urls.length <= 4, "and none more for the gone lines");
   });
 
+  test("a hole the server dropped whole before its turn is not asked for", async () => {
+    const { feed, server, urls } = makeFeed({ kept: lineRange(1, 3000) });
+    feed.receive(makeBatch(1, 1));
+    feed.receive(makeBatch(1000, 1000)); // hole 2..999
+    feed.receive(makeBatch(2000, 2000)); // hole 1001..1999, read after the first
+    server.kept = lineRange(2500, 3000);
+    server.dropped = 2499; // meanwhile both holes went
+    feed.receive({ lines: [], total: 3000, dropped: 2499 });
+    await feed.settled();
+    assert.ok(urls.every((url) => !/limit=(0|-)/.test(url)), urls.join(" "));
+    assert.ok(urls.length <= 1, urls.join(" "));
+  });
+
   test("a hole whose read failed is asked for again with the next frame", async () => {
     let down = true;
     const { feed, shown, urls } = makeFeed({ kept: lineRange(1, 30), fail: () => down });

@@ -49,8 +49,9 @@ export function createLogFeed({ jobId, panel, read, lines = new LogLines() }) {
   const readHole = async (hole) => {
     let after = hole.from - 1;
     const pages = Math.ceil((hole.to - hole.from + 1) / LOG_PAGE_MAX) + 1; // a bound: no loop on lines not kept
-    for (let page = 0; page < pages && after < hole.to; page += 1) {
+    for (let page = 0; page < pages; page += 1) {
       after = Math.max(after, lines.dropped);
+      if (after >= hole.to) break;
       const answer = await read(pageUrl(after, Math.min(LOG_PAGE_MAX, hole.to - after)));
       take(answer);
       if (answer.next === null || answer.next <= after) break;
