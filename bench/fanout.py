@@ -275,11 +275,11 @@ def analyse(
 # --- one run ---------------------------------------------------------------------------------
 
 
-def _client_count(watchers: int) -> int:
+def client_count(watchers: int) -> int:
     return max(1, min(os.cpu_count() or 1, math.ceil(watchers / WATCHERS_PER_CLIENT)))
 
 
-def _submit_all(
+def submit_tickers(
     base_url: str, cookies: dict[str, str], csrf: str, count: int, params: dict[str, Any], *, aligned: bool
 ) -> list[str]:
     """Job i ticks i/count of an interval after job 0 (independent jobs do not tick
@@ -295,7 +295,7 @@ def _submit_all(
         return list(pool.map(one, range(count)))
 
 
-def _start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
+def start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
     """The worker, as Stack starts it (a thread per job); the queued jobs start once it is up."""
     celery = str(Path(sys.executable).parent / "celery")
     stack.spawn(
@@ -320,8 +320,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
     with Stack(env=env, workers=0, daphnes=1, asgi=BENCH_ASGI) as stack:
         try:
-            client_count = _client_count(scenario.watchers)
-            clients = [ClientProcess(stop) for _ in range(client_count)]
+            processes = client_count(scenario.watchers)
+            clients = [ClientProcess(stop) for _ in range(processes)]
             for client in clients:
                 client.wait_ready()
             base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
@@ -330,7 +330,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
 
             submit_started = time.time()
             params = {"reports": reports, "rate_hz": scenario.rate_hz}
-            job_ids = _submit_all(base_url, cookies, csrf, scenario.jobs, params, aligned=aligned)
+            job_ids = submit_tickers(base_url, cookies, csrf, scenario.jobs, params, aligned=aligned)
             submitted = time.time()
             sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
             client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
@@ -349,7 +349,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                         ws_url=ws_url,
                         origin=base_url,
                         cookie=cookie,
-                        job_ids=sockets[index::client_count],
+                        job_ids=sockets[index::processes],
                         deadline=client_deadline,
                     )
                 )
@@ -357,7 +357,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                 time.sleep(SAMPLE_SECONDS / 5)
             opened = time.time()
 
-            _start_worker(stack, scenario.jobs, aligned=aligned)
+            start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
             meters = {"daphne": RssMeter(stack.pids()["daphne0"]), "worker": RssMeter(worker_pid)}

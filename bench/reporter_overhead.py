@@ -10,6 +10,10 @@ solo pool, the Redis broker and result backend) and sends it two tasks:
   through a slower generic path), and `Progress` with the real emit path: a job row made by `job_create` and started by
   `job_start`, each frame published by `RunningJob.report` (the row written behind) to Redis by
   the process's publisher, coalesced at PROGRESS_MAX_RATE (default 10 frames/s);
+  then `report.log("…")` as kinds get it, publishing nothing: with no log sink (the
+  level check alone), and into a `JobLogWriter` whose flusher is not running (the
+  queue append every call costs; a fresh writer every LOG_CHUNK calls, made outside the
+  timing, keeps its queue as short as a flusher's takes would);
 - celery-progress: `ProgressRecorder(task).set_progress(i, N)`, which writes every call
   to the Redis result backend (so it gets fewer calls).
 
@@ -46,7 +50,10 @@ DEFAULT_CALLS = 1_000_000
 DEFAULT_CELERY_PROGRESS_CALLS = 2_000  # each call is a Redis round trip (~250 µs): keep the run short
 DEFAULT_REPEAT = 3  # best of three, as timeit does: the machine is shared and noisy
 TARGET_NS = 1_000  # issue 4: at most 1 µs per call amortized when coalesced
+TARGET_LOG_NS = 2_000  # issue 14: a report.log() that publishes nothing costs under 2 µs
 TASK_TIMEOUT = 120.0  # seconds for one measuring task
+LOG_CHUNK = 5_000  # log() calls into one writer: under QUEUE_MAX_LINES, past which log() waits
+LOG_TEXT = "fetched page 3 of 40"
 
 
 @dataclass
@@ -78,6 +85,22 @@ def _time_calls(report: Callable[..., None], calls: int) -> int:
     for i in range(calls):
         report(current=i, total=calls, message="x")
     return time.perf_counter_ns() - start
+
+
+def _time_log(new_log: Callable[[], Callable[[str], None]], calls: int) -> int:
+    """`calls` calls of a log function, a fresh one from `new_log` (outside the timing) every
+    LOG_CHUNK calls: a writer's queue never reaches QUEUE_MAX_LINES, as a flusher's takes keep it."""
+    elapsed = 0
+    done = 0
+    while done < calls:
+        chunk = min(LOG_CHUNK, calls - done)
+        log = new_log()
+        start = time.perf_counter_ns()
+        for _i in range(chunk):
+            log(LOG_TEXT)
+        elapsed += time.perf_counter_ns() - start
+        done += chunk
+    return elapsed
 
 
 def _row(name: str, calls: int, runs: list[tuple[int, int]]) -> Row:
@@ -177,7 +200,34 @@ def measure_jobstream(self: Task[Any, Any], calls: int, repeat: int) -> list[dic
             raise RuntimeError(f"{emitted[0]} frames emitted but {writes} progress writes in the database")
         runs.append((elapsed, emitted[0]))
     rows.append(_row(f"jobstream report() as kinds get it, real emit @ {settings.PROGRESS_MAX_RATE:g}/s", calls, runs))
+    rows.extend(_log_rows(calls, repeat, max_rate=settings.PROGRESS_MAX_RATE))
     return [asdict(row) for row in rows]
+
+
+def _log_rows(calls: int, repeat: int, *, max_rate: float) -> list[Row]:
+    """`report.log(LOG_TEXT)` as kinds get it, publishing nothing."""
+    from jobs.log_writer import JobLogWriter
+    from jobs.progress import Progress, ProgressUpdate
+
+    def no_emit(update: ProgressUpdate) -> bool:
+        return False
+
+    def nowhere() -> Callable[[str], None]:
+        return Progress(emit=no_emit, max_rate=max_rate).as_function().log  # type: ignore[attr-defined]
+
+    def queued_only() -> Callable[[str], None]:
+        # Made directly, not by log_writer_for: no flusher takes its lines, nothing is kept or sent.
+        writer = JobLogWriter(job_id=uuid.uuid4(), attempt=1)
+        return Progress(emit=no_emit, max_rate=max_rate, log=writer.log).as_function().log  # type: ignore[attr-defined]
+
+    return [
+        _row("report.log(), no log sink", calls, [(_time_log(nowhere, calls), 0) for _ in range(repeat)]),
+        _row(
+            "report.log() into a JobLogWriter, queued only",
+            calls,
+            [(_time_log(queued_only, calls), 0) for _ in range(repeat)],
+        ),
+    ]
 
 
 @app.task(bind=True, name="bench.reporter_overhead.celery_progress")
@@ -198,10 +248,10 @@ def measure_celery_progress(self: Task[Any, Any], calls: int, repeat: int) -> li
 
 
 def _print_table(rows: list[Row]) -> None:
-    print(f"{'reporter':<42} {'ns/call':>10} {'median':>10} {'calls':>10} {'frames':>7} {'seconds':>8}")
+    print(f"{'reporter':<52} {'ns/call':>10} {'median':>10} {'calls':>10} {'frames':>7} {'seconds':>8}")
     for row in rows:
         print(
-            f"{row.name:<42} {row.ns_per_call:>10.1f} {row.ns_per_call_median:>10.1f} "
+            f"{row.name:<52} {row.ns_per_call:>10.1f} {row.ns_per_call_median:>10.1f} "
             f"{row.calls:>10,} {row.frames_emitted:>7} {row.seconds:>8.3f}"
         )
 
@@ -217,12 +267,20 @@ def run(calls: int, celery_progress_calls: int, repeat: int) -> dict[str, Any]:
     real = next(row for row in rows if "real emit" in row.name)
     verdict = "met" if real.ns_per_call <= TARGET_NS else "NOT met"
     print(f"target <= {TARGET_NS} ns per coalesced call: {verdict} ({real.ns_per_call:.0f} ns)")
+    queued = next(row for row in rows if "JobLogWriter" in row.name)
+    log_met = queued.ns_per_call < TARGET_LOG_NS
+    print(
+        f"target < {TARGET_LOG_NS} ns per report.log() that publishes nothing: "
+        f"{'met' if log_met else 'NOT met'} ({queued.ns_per_call:.0f} ns)"
+    )
     return {
         "bench": "reporter_overhead",
         "python": sys.version.split()[0],
         "progress_max_rate": float(os.environ.get("PROGRESS_MAX_RATE", "10")),
         "target_ns": TARGET_NS,
         "target_met": real.ns_per_call <= TARGET_NS,
+        "target_log_ns": TARGET_LOG_NS,
+        "target_log_met": log_met,
         "rows": [asdict(row) for row in rows],
     }
 

@@ -30,6 +30,9 @@ $PY bench/fanout.py --out "$out/fanout.json"
 echo "== fan-out latency, lockstep load (every job ticks at the same instant): ours vs naive"
 $PY bench/fanout.py --aligned --scenario 1000w/100j@10Hz --out "$out/fanout_lockstep.json"
 
+echo "== job logs: a job writing 1,000 lines/s beside 100 ticking jobs (its table in docs/performance.md is copied by hand)"
+$PY bench/log_flood.py --out "$out/log_flood.json" | tee "$out/log_flood.log"
+
 echo "== connection capacity"
 $PY bench/capacity.py --out "$out/capacity.json"
 

@@ -8,7 +8,8 @@ records, per socket, every frame as
 (seq, progress current, state, latency ms, receive time), latency being its receive
 `time.time()` minus the frame's `job.updated_at` (the worker's `time.time()` at
 report: one machine, one clock), and when the socket closed, and hands the lot back to the parent when every socket has
-closed or it is told to stop.
+closed or it is told to stop. A socket's `log` frames (bench/log_flood.py) are kept as a
+`LogFrame` each, and their line numbers tallied in a `LogTally`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
+from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame as Frame_
@@ -47,6 +49,22 @@ CONTEXT = multiprocessing.get_context("spawn")  # no threads or sockets inherite
 # (seq, progress.current or None, state, latency ms, receive time.time()); a socket's
 # first frame is the snapshot sent at accept, not a fresh change.
 Frame = tuple[int, float | None, str, float, float]
+# A `log` frame: (receive time.time(), first n, last n, lines, total, dropped, ms from its
+# newest line's `t` to the receive, ms from its oldest line's, its bytes); a socket's first
+# is the backfill.
+LogFrame = tuple[float, int, int, int, int, int, float, float, int]
+
+
+@dataclass
+class LogTally:
+    """The line numbers one socket received, over all its `log` frames."""
+
+    distinct: int = 0
+    duplicates: int = 0  # lines received again (the contract: never twice on one socket)
+    out_of_order: int = 0  # lines with an n not above the previous line's
+    lowest: int | None = None
+    highest: int | None = None
+    after_terminal: int = 0  # log frames after the terminal job frame (the contract: none)
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,8 @@ class WatcherResult:
     closed_at: float | None = None  # time.time() when the connection was lost (closed by either side)
     terminal_at: float | None = None  # time.time() when the terminal frame arrived
     frames: list[Frame] = field(default_factory=list)
+    logs: list[LogFrame] = field(default_factory=list)
+    log_tally: LogTally = field(default_factory=LogTally)
     raw: list[tuple[float, bytes]] = field(default_factory=list)  # (receive time.time(), text), until parsed
 
 
@@ -87,9 +107,13 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _parse(text: bytes, received: float) -> Frame | None:
+def _parse(text: bytes, received: float) -> Frame | dict[str, Any] | None:
+    """A job frame as a `Frame`, a log frame as its message, anything else None."""
     message = json.loads(text)
-    if message.get("type") != "job":
+    kind = message.get("type")
+    if kind == "log":
+        return message
+    if kind != "job":
         return None
     job = message["job"]
     progress = job["progress"]
@@ -217,14 +241,58 @@ async def _watch(plan: ClientPlan, result: WatcherResult, gate: asyncio.Semaphor
 def _parse_frames(result: WatcherResult) -> None:
     """Turns a socket's raw frames into `frames`, once every socket of the process has
     closed: parsing while other sockets still receive would be the client's load."""
+    seen: set[int] = set()
+    tally = result.log_tally
     for received, text in result.raw:
         frame = _parse(text, received)
         if frame is None:
             continue
+        if isinstance(frame, dict):
+            _tally_log(result, tally, seen, frame, received, len(text))
+            continue
         result.frames.append(frame)
         if frame[2] in TERMINAL:
             result.terminal_at = received
+    tally.distinct = len(seen)
     result.raw = []
+
+
+def _tally_log(
+    result: WatcherResult, tally: LogTally, seen: set[int], message: dict[str, Any], received: float, size: int
+) -> None:
+    """Counts one `log` frame's lines (`seen`: every n so far) and keeps its `LogFrame`."""
+    lines = message["lines"]
+    if result.terminal_at is not None:
+        tally.after_terminal += 1
+    for line in lines:
+        n = line["n"]
+        if n in seen:
+            tally.duplicates += 1
+        seen.add(n)
+        if tally.highest is not None and n <= tally.highest:
+            tally.out_of_order += 1
+        tally.highest = n if tally.highest is None else max(tally.highest, n)
+        tally.lowest = n if tally.lowest is None else min(tally.lowest, n)
+    if lines:
+        newest = datetime.fromisoformat(lines[-1]["t"]).timestamp()
+        oldest = datetime.fromisoformat(lines[0]["t"]).timestamp()
+        first, last = lines[0]["n"], lines[-1]["n"]
+    else:
+        newest = oldest = received
+        first = last = 0
+    result.logs.append(
+        (
+            received,
+            first,
+            last,
+            len(lines),
+            message["total"],
+            message["dropped"],
+            (received - newest) * 1000,
+            (received - oldest) * 1000,
+            size,
+        )
+    )
 
 
 async def _run(plan: ClientPlan, stop: EventType, conn: Connection) -> ClientResult:
