@@ -169,9 +169,17 @@ def job_log_page(*, job_id: uuid.UUID | str, after: int, limit: int) -> LogPage:
     return {"lines": lines, "total": total, "dropped": dropped, "next": lines[-1]["n"] if more else None}
 
 
-def job_log_tail(*, job_id: uuid.UUID | str, after: int, limit: int = BACKFILL_MAX_LINES) -> LogPage:
-    """The last `limit` kept lines above `after` (a stream's backfill), oldest first."""
-    total, dropped = job_log_counts(job_id=job_id)
+def job_log_tail(
+    *, job_id: uuid.UUID | str, after: int, limit: int = BACKFILL_MAX_LINES, counts: tuple[int, int] | None = None
+) -> LogPage:
+    """The last `limit` kept lines above `after` (a stream's backfill), oldest first.
+
+    `counts` (written, dropped) from a row read just before spares a query, and a log with
+    no kept line above `after` needs none: a socket opens without a trip for a job that
+    logs nothing."""
+    total, dropped = counts if counts is not None else job_log_counts(job_id=job_id)
+    if counts is not None and total <= max(after, dropped):
+        return {"lines": [], "total": total, "dropped": dropped, "next": None}
     newest = JobLogLine.objects.filter(job_id=job_id, n__gt=after).order_by("-n")[:limit]
     lines = [line_payload(line) for line in reversed(list(newest))]
     if lines:

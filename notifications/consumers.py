@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable
 from typing import Any
 
@@ -31,7 +30,7 @@ from core.compat.channels_redis import SharedReads
 from core.compat.daphne import daphne_protocol
 from core.daphne_limits import CLIENT_FRAME_MAX_BYTES
 from jobs.exceptions import JobAlreadyFinished, JobNotFound
-from jobs.logs import frame_chunks, log_frame_text
+from jobs.logs import LogPage, frame_chunks, log_frame_text
 from jobs.models import TERMINAL_STATES
 from jobs.owners import Owner, owner_from_scope, views_all_now
 from jobs.selectors import job_get_visible, job_log_tail, job_queue_position, parse_job_id
@@ -215,6 +214,8 @@ class JobConsumer(JobStreamConsumer):
     """`/ws/jobs/<id>/`: the job's state now, then each change; closes after the end."""
 
     job_id: str
+    log_after: int  # the `log_after` of the socket's URL: its backfill starts above it
+    log_tail: LogPage  # the backfill, read with the snapshot
 
     async def start_stream(self) -> None:
         parsed = parse_job_id(self.scope["url_route"]["kwargs"]["job_id"])
@@ -223,6 +224,7 @@ class JobConsumer(JobStreamConsumer):
             await self.close(code=CLOSE_NO_SESSION if self.owner is None else CLOSE_NOT_FOUND)
             return
         self.job_id = str(parsed)
+        self.log_after, log_after_problem = log_after_of(query_value(self.scope, "log_after"))
         # Joining the group of a job that turns out not to be visible costs nothing:
         # the close leaves it.
         self.follow = Follow([job_group(parsed)])
@@ -240,31 +242,32 @@ class JobConsumer(JobStreamConsumer):
             return
         self.follow.shown([payload])
         await self.send(text_data=job_frame_text(payload))
-        log_after, problem = log_after_of(query_value(self.scope, "log_after"))
-        if problem is not None:
-            await self.send_error(problem)
-        await self.send_backfill(parsed, log_after)
+        if log_after_problem is not None:
+            await self.send_error(log_after_problem)
+        await self.send_backfill()
         if terminal:
             await self.close(code=CLOSE_NORMAL)
         else:
             await self.follow.push_to(self.send_job_frame, log_sink=self.send_log_frame)
 
-    async def send_backfill(self, job_id: uuid.UUID, log_after: int) -> None:
-        """The kept log lines above `log_after` (the last BACKFILL_MAX_LINES of them), in
-        frames of at most 64 KiB, at least one; read after the groups were joined, so a line
-        published since comes as a `log` frame and is dropped there if this already sent it."""
+    async def send_backfill(self) -> None:
+        """The kept log lines above `log_after` (the last BACKFILL_MAX_LINES of them, read
+        with the snapshot, after the groups were joined: a line published since comes as a
+        `log` frame and is dropped there if this already sent it), in frames of at most
+        64 KiB, at least one."""
         assert self.follow is not None
-        tail = await socket_db(job_log_tail, job_id=job_id, after=log_after)
+        tail = self.log_tail
         for lines in frame_chunks(tail["lines"]):
             await self.send(text_data=log_frame_text(lines, total=tail["total"], dropped=tail["dropped"]))
-        self.follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else log_after)
+        self.follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else self.log_after)
 
     def send_log_frame(self, message: LayerLogMessage) -> Awaitable[None] | None:
         """A batch of new log lines (the follow's log sink), written as job frames are."""
         return JobStreamConsumer.send_job_frame(self, message)  # type: ignore[arg-type]
 
     def _snapshot(self) -> JobPayload | None:
-        """One trip to the database thread: the owner, the visibility check, the job."""
+        """One trip to the database thread: the owner, the visibility check, the job, and
+        its log's backfill (no query of its own for a job with no line above `log_after`)."""
         self.owner = owner_from_scope(self.scope)
         if self.owner is None:
             return None
@@ -272,7 +275,9 @@ class JobConsumer(JobStreamConsumer):
         if job is None:
             return None
         staff = self.owner is not None and self.owner.views_all
-        return job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
+        payload = job_payload(job, staff=staff, queue_position=job_queue_position(job=job))
+        self.log_tail = job_log_tail(job_id=job.id, after=self.log_after, counts=(job.log_total, job.log_dropped))
+        return payload
 
     def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
         pending = super().send_job_frame(message)
