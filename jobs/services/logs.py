@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 
-from jobs.logs import LogLevel
+from jobs.logs import LogLevel, LogLinePayload
 from jobs.models import Job, JobLogLine, JobState
+from jobs.serializers import timestamp
 
 
 @dataclass(frozen=True)
@@ -28,36 +29,60 @@ class PendingLine:
 
 
 @dataclass(frozen=True)
+class KeptLine:
+    """A line as kept: numbered."""
+
+    n: int
+    t: datetime
+    level: LogLevel
+    text: str
+
+    def payload(self) -> LogLinePayload:
+        return {"n": self.n, "t": timestamp(self.t) or "", "level": self.level, "text": self.text}
+
+
+@dataclass(frozen=True)
 class AppendedBatch:
     """What a batch became: its kept lines (numbered), and the log's counts after it."""
 
-    lines: list[JobLogLine]
+    lines: list[KeptLine]
     total: int
     dropped: int
 
 
 def job_log_append(*, job_id: uuid.UUID, attempt: int, lines: list[PendingLine]) -> AppendedBatch | None:
     """Keeps a batch of a running job's lines; None when the row is no longer this run's
-    (ended, or replaced after its worker was taken for lost): its lines are not kept."""
+    (ended, or replaced after its worker was taken for lost): its lines are not kept.
+
+    Two statements, no ORM round trip (the claim with its RETURNING, one executemany):
+    this runs up to PROGRESS_MAX_RATE times a second per logging job, and the ORM's
+    bulk_create spent about 45 µs of the worker's CPU per line where this spends a few.
+    """
     if not lines:
         return None
     keep_max = settings.JOB_LOG_MAX_LINES
     skipped = max(0, len(lines) - keep_max)  # older than the last JOB_LOG_MAX_LINES of this very batch
     kept_lines = lines[skipped:]
     new_bytes = sum(len(line.text.encode()) for line in kept_lines)
-    with transaction.atomic():
-        claimed = Job.objects.filter(pk=job_id, state=JobState.RUNNING, attempts=attempt).update(
-            log_total=F("log_total") + len(lines), log_bytes=F("log_bytes") + new_bytes
+    job_table, line_table = Job._meta.db_table, JobLogLine._meta.db_table
+    pk = Job._meta.get_field("id").get_db_prep_value(job_id, connection)
+    adapt_time = connection.ops.adapt_datetimefield_value
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {job_table} SET log_total = log_total + %s, log_bytes = log_bytes + %s "
+            "WHERE id = %s AND state = %s AND attempts = %s RETURNING log_total, log_dropped",
+            [len(lines), new_bytes, pk, JobState.RUNNING, attempt],
         )
-        if not claimed:
+        claimed = cursor.fetchone()
+        if claimed is None:
             return None
-        total, dropped = Job.objects.filter(pk=job_id).values_list("log_total", "log_dropped").get()
+        total, dropped = int(claimed[0]), int(claimed[1])
         first = total - len(kept_lines) + 1
-        rows = [
-            JobLogLine(job_id=job_id, n=first + index, t=line.t, level=line.level, text=line.text)
-            for index, line in enumerate(kept_lines)
-        ]
-        JobLogLine.objects.bulk_create(rows)
+        kept = [KeptLine(first + index, line.t, line.level, line.text) for index, line in enumerate(kept_lines)]
+        cursor.executemany(
+            f"INSERT INTO {line_table} (job_id, n, t, level, text) VALUES (%s, %s, %s, %s, %s)",
+            [(pk, line.n, adapt_time(line.t), line.level, line.text) for line in kept],
+        )
         # Lines are dropped oldest first, so the kept ones are always those above `dropped`.
         cutoff = total - keep_max
         if cutoff > dropped:
@@ -66,4 +91,4 @@ def job_log_append(*, job_id: uuid.UUID, attempt: int, lines: list[PendingLine])
             stale.delete()
             dropped = cutoff
             Job.objects.filter(pk=job_id).update(log_dropped=dropped, log_bytes=F("log_bytes") - gone_bytes)
-    return AppendedBatch(lines=rows, total=total, dropped=dropped)
+    return AppendedBatch(lines=kept, total=total, dropped=dropped)
