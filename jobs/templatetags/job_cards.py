@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django import template
+
+from jobs.kinds import UnknownKind, kind_get
 
 register = template.Library()
 
 
 @register.filter
-def param_pairs(params: dict[str, Any] | None) -> list[tuple[str, Any]]:
-    """A job's parameters as (name, value) pairs. `params.items` in a template looks the
-    key up first, so a kind with a parameter named `items` (pipeline) broke the card."""
-    return list((params or {}).items())
+def param_pairs(job: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A job's parameters as (name, value) pairs, in the order its kind declares them.
+
+    `params.items` in a template looks the key up first, so a kind with a parameter named
+    `items` (pipeline) broke the card; and PostgreSQL's jsonb keeps keys shortest first,
+    so the stored order is not the declared one."""
+    params: Mapping[str, Any] = job.get("params") or {}
+    try:
+        declared = [param.name for param in kind_get(job.get("kind")).params]
+    except UnknownKind:  # a kind no longer registered: its parameters by name
+        declared = []
+    order = {name: index for index, name in enumerate(declared)}
+    return sorted(params.items(), key=lambda pair: (order.get(pair[0], len(order)), pair[0]))
