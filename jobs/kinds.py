@@ -383,8 +383,13 @@ _REGISTRY: dict[str, JobKind] = {}
 
 
 def register(kind: JobKind) -> JobKind:
+    """Adds a kind; a name taken already stops start-up naming the module of each."""
     if kind.name in _REGISTRY:
-        raise ValueError(f"Job kind {kind.name!r} is registered twice.")
+        first = _REGISTRY[kind.name].run.__module__
+        raise ValueError(
+            f"Job kind {kind.name!r} is registered twice: in {first} and in {kind.run.__module__}; "
+            "rename one of them (a kind's name is how jobs and clients refer to it)."
+        )
     _REGISTRY[kind.name] = kind
     return kind
 

@@ -7,6 +7,7 @@ import csv
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,9 +63,13 @@ def test_kind_get_of_unknown_kind_raises_naming_the_known_kinds(name: object) ->
     assert str(raised.value) == f"Unknown kind {name!r}; choose one of: csv_import, pipeline, primes, report, sleep."
 
 
-def test_register_refuses_a_second_kind_of_the_same_name() -> None:
-    with pytest.raises(ValueError, match="'sleep' is registered twice"):
-        register(JobKind(name="sleep", title="Other", description="", run=run_sleep))
+def test_register_refuses_a_second_kind_of_the_same_name_naming_both_modules() -> None:
+    def run_other(report: Any) -> None:
+        return None
+
+    with pytest.raises(ValueError) as raised:
+        register(JobKind(name="sleep", title="Other", description="", run=run_other))
+    assert f"'sleep' is registered twice: in jobs.builtin_kinds and in {__name__};" in str(raised.value)
     assert kind_get("sleep").run is run_sleep
 
 
