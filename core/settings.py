@@ -7,6 +7,7 @@ local Redis; production sets the variables in the README.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from pathlib import Path
@@ -72,6 +73,37 @@ INSTALLED_APPS = [
     "jobs",
     "notifications",
 ]
+
+
+def _module_found(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, an empty name part
+        return False
+
+
+def env_apps(name: str) -> list[str]:
+    """Apps named in the environment, comma-separated: dotted module paths, or the path of
+    an AppConfig class as INSTALLED_APPS takes them. One that cannot be imported stops
+    start-up naming it."""
+    apps = env_list(name, "")
+    for app in apps:
+        module, _, attribute = app.rpartition(".")
+        if _module_found(app) or (
+            module and _module_found(module) and hasattr(importlib.import_module(module), attribute)
+        ):
+            continue
+        raise RuntimeError(
+            f"{name}: the app {app!r} cannot be imported; list apps by their dotted module path, "
+            "comma-separated, with their folder on PYTHONPATH (e.g. examples.greetings)."
+        )
+    return apps
+
+
+# Apps added without editing this file (comma-separated): each app's `jobkinds.py` is
+# imported at start-up (jobs/apps.py), so its kinds run in web and workers alike.
+JOBSTREAM_EXTRA_APPS = env_apps("JOBSTREAM_EXTRA_APPS")
+INSTALLED_APPS += JOBSTREAM_EXTRA_APPS
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
