@@ -27,7 +27,15 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.db import connection
 
-from jobs.logs import FRAME_MAX_BYTES, LOG_LEVELS, LogLevel, level_checked, log_frame_text, text_lines
+from jobs.logs import (
+    FRAME_MAX_BYTES,
+    LOG_LEVELS,
+    LogLevel,
+    level_checked,
+    line_payload,
+    log_frame_text,
+    text_lines,
+)
 from jobs.services.logs import PendingLine, job_log_append
 from notifications.groups import job_group
 from notifications.publish import publish_log
@@ -109,7 +117,7 @@ class JobLogWriter:
             raise
         if appended is None or not appended.lines:  # the run was ended or replaced: its lines are not the job's
             return
-        lines = [line.payload() for line in appended.lines]
+        lines = [line_payload(line) for line in appended.lines]
         text = log_frame_text(lines, total=appended.total, dropped=appended.dropped)
         publish_log([self.group], str(self.job_id), first=lines[0]["n"], last=lines[-1]["n"], text=text)
 

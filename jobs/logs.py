@@ -10,7 +10,8 @@ client) takes lines in the one shape `LogLinePayload` and frames them here.
 # No `from __future__ import annotations`: pydantic (ninja's schema) reads these TypedDicts.
 import json
 import re
-from typing import Literal
+from datetime import datetime
+from typing import Literal, Protocol
 
 from typing_extensions import TypedDict
 
@@ -77,7 +78,20 @@ def text_lines(text: object) -> list[str]:
     return [line if len(line) <= LINE_MAX_CHARS else line[: LINE_MAX_CHARS - 1] + CUT_MARK for line in lines]
 
 
-def line_payload(line: JobLogLine) -> LogLinePayload:
+class _Line(Protocol):
+    """A numbered line, as kept (`JobLogLine`) or just written (`KeptLine`)."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def t(self) -> datetime: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+def line_payload(line: _Line | JobLogLine) -> LogLinePayload:
     return {"n": line.n, "t": timestamp(line.t) or "", "level": line.level, "text": line.text}  # type: ignore[typeddict-item]
 
 

@@ -259,7 +259,7 @@ class JobConsumer(JobStreamConsumer):
         tail = self.log_tail
         for lines in frame_chunks(tail["lines"]):
             await self.send(text_data=log_frame_text(lines, total=tail["total"], dropped=tail["dropped"]))
-        self.follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else self.log_after)
+        self.follow.shows_log(self.log_after, tail["lines"])
 
     def send_log_frame(self, message: LayerLogMessage) -> Awaitable[None] | None:
         """A batch of new log lines (the follow's log sink), written as job frames are."""

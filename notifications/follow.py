@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from channels.layers import get_channel_layer
 
 from core.compat.channels_redis import LatestWinsQueue, SharedReads, deliver_directly, fast_layer, stop_direct
-from jobs.logs import LogFrame, log_frame_text
+from jobs.logs import LogFrame, LogLinePayload, log_frame_text
 from jobs.models import TERMINAL_STATES, Job, JobState
 from jobs.owners import Owner
 from jobs.selectors import (
@@ -191,10 +191,10 @@ class Follow:
         if seq > self.last_seq.get(job_id, 0):
             self.last_seq[job_id] = seq
 
-    def shows_log(self, after: int) -> None:
-        """The stream shows the job's log from line `after` on (its backfill went up to it):
-        only lines above it pass from now on."""
-        self.log_n = max(after, self.log_n or 0)
+    def shows_log(self, after: int, backfill: Sequence[LogLinePayload] = ()) -> None:
+        """The stream shows the job's log above line `after`, and has sent `backfill` (its
+        kept lines above it): only lines above both pass from now on."""
+        self.log_n = max(after, backfill[-1]["n"] if backfill else 0, self.log_n or 0)
 
     def newer_log(self, message: LayerLogMessage) -> LayerLogMessage | None:
         """The lines of a batch this stream has not shown (cut when it showed some of

@@ -175,7 +175,7 @@ async def _backfill(job_id: uuid.UUID, follow: Follow, log_after: int) -> AsyncI
     for lines in frame_chunks(tail["lines"]):
         data = log_data_text(lines, total=tail["total"], dropped=tail["dropped"])
         yield f"event: log\ndata: {data}\n\n".encode()
-    follow.shows_log(tail["lines"][-1]["n"] if tail["lines"] else log_after)
+    follow.shows_log(log_after, tail["lines"])
 
 
 async def _stream(

@@ -16,9 +16,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
-from jobs.logs import LogLevel, LogLinePayload
+from jobs.logs import LogLevel
 from jobs.models import Job, JobLogLine, JobState
-from jobs.serializers import timestamp
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,6 @@ class KeptLine:
     t: datetime
     level: LogLevel
     text: str
-
-    def payload(self) -> LogLinePayload:
-        return {"n": self.n, "t": timestamp(self.t) or "", "level": self.level, "text": self.text}
 
 
 @dataclass(frozen=True)
