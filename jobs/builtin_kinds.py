@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import random
 import statistics
@@ -28,7 +29,7 @@ from jobs.contacts import (
     rejection_text,
 )
 from jobs.exceptions import JobError
-from jobs.kinds import FileParam, Param, Reporter, job_kind, size_text
+from jobs.kinds import BooleanParam, ChoiceParam, FileParam, Param, Reporter, StringParam, job_kind, size_text
 from jobs.models import ImportedContact, Job
 from jobs.steps import Step, Steps
 from jobs.storage_quota import StorageQuotaExceeded, import_budget_for
@@ -121,51 +122,121 @@ REPORT_PRODUCTS = ("Widget", "Gadget", "Gizmo", "Doohickey", "Sprocket", "Flange
 REPORT_LOG_CHUNK = 50_000  # rows per log line: a few lines a second at the 250,000 rows/s it writes
 
 
+REPORT_FORMATS = ("csv", "jsonl")
+REPORT_COLUMNS = ("order_id", "date", "region", "product", "quantity", "unit_price", "total")
+REPORT_REFUND_ODDS = 20  # with include_refunds, one order in this many is a refund (negative quantity)
+
+
 @job_kind(
     name="report",
-    title="Sales report (CSV)",
-    params=(Param("rows", "Rows", 1, 1_000_000, default=100_000),),
+    title="Sales report",
+    params=(
+        Param("rows", "Orders", 1, 1_000_000, default=100_000, help="How many synthetic orders to draw."),
+        ChoiceParam(
+            "format", "Format", REPORT_FORMATS, default="csv", labels=("CSV", "JSON Lines"), help="The file written."
+        ),
+        StringParam(
+            "region",
+            "Region",
+            required=False,
+            max_length=40,
+            pattern=r"^[A-Za-z][A-Za-z ]*$",
+            pattern_help="Must be letters and spaces, such as North.",
+            help=f"Only orders of this region ({', '.join(REPORT_REGIONS)}); blank for all.",
+        ),
+        BooleanParam("include_refunds", "Include refunds", help="One order in 20 is a refund, with a negative total."),
+        StringParam(
+            "since",
+            "Since",
+            format="date",
+            required=False,
+            help="Only orders on or after this day (of 2026).",
+        ),
+        StringParam(
+            "prepared_for", "Prepared for", format="email", required=False, help="Named in the result and the log."
+        ),
+    ),
     soft_time_limit=900,
 )
-def run_report(report: Reporter, *, rows: int) -> dict[str, Any]:
-    """Generates a CSV of synthetic sales data to download.
+def run_report(
+    report: Reporter,
+    *,
+    rows: int,
+    format: str = "csv",
+    region: str | None = None,
+    include_refunds: bool = False,
+    since: date | None = None,
+    prepared_for: str | None = None,
+) -> dict[str, Any]:
+    """Generates a file of synthetic sales data to download, as CSV or JSON Lines.
 
-    Writes `rows` rows of synthetic sales data as a CSV file, the job's result.
+    Draws `rows` orders of synthetic sales data (the same parameters draw the same
+    orders) and writes those that pass the filters (region, since) as the job's result.
     """
     rng = random.Random(rows)  # the same parameters give the same file
-    path = report.result_path("sales-report.csv")
+    path = report.result_path(f"sales-report.{format}")
     revenue = 0.0
+    written = 0
     first_day = date(2026, 1, 1)
-    report(current=0, total=rows, message="writing rows")
-    report.log(f"writing {rows:,} rows to {path.name}")
+    wanted_region = region.strip().lower() if region else None
+    report(current=0, total=rows, message="drawing orders")
+    filters = [f"region {region}" if region else "", f"since {since.isoformat()}" if since else ""]
+    shown = " and ".join(filter(None, filters))
+    report.log(
+        f"drawing {rows:,} orders into {path.name}"
+        + (f", keeping those of {shown}" if shown else "")
+        + (", refunds included" if include_refunds else "")
+        + (f", prepared for {prepared_for}" if prepared_for else "")
+    )
     chunk_start = 1
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["order_id", "date", "region", "product", "quantity", "unit_price", "total"])
+        write = _report_writer(handle, format)
         for row in range(1, rows + 1):
             quantity = rng.randint(1, 20)
+            if include_refunds and rng.randrange(REPORT_REFUND_ODDS) == 0:
+                quantity = -quantity
             price = round(rng.uniform(2.0, 250.0), 2)
             total = round(quantity * price, 2)
-            revenue += total
-            writer.writerow(
-                [
-                    row,
-                    (first_day + timedelta(days=rng.randrange(365))).isoformat(),
-                    rng.choice(REPORT_REGIONS),
-                    rng.choice(REPORT_PRODUCTS),
-                    quantity,
-                    f"{price:.2f}",
-                    f"{total:.2f}",
-                ]
-            )
+            day = first_day + timedelta(days=rng.randrange(365))
+            order_region = rng.choice(REPORT_REGIONS)
+            product = rng.choice(REPORT_PRODUCTS)
+            if (wanted_region is None or order_region.lower() == wanted_region) and (since is None or day >= since):
+                write((row, day.isoformat(), order_region, product, quantity, price, total))
+                revenue += total
+                written += 1
             if row % 1000 == 0 or row == rows:
-                report(current=row, total=rows, message=f"wrote {row:,} of {rows:,} rows")
+                report(current=row, total=rows, message=f"drew {row:,} of {rows:,} orders, {written:,} kept")
             if row % REPORT_LOG_CHUNK == 0 or row == rows:
                 report.log(f"wrote rows {chunk_start:,} to {row:,} of {rows:,} ({size_text(handle.tell())} so far)")
                 chunk_start = row + 1
     size = path.stat().st_size
-    report.log(f"done: {rows:,} rows, {size_text(size)}, revenue {revenue:,.2f}")
-    return {"rows": rows, "revenue": round(revenue, 2), "bytes": size}
+    if shown and not written:
+        report.log(f"no order is of {shown}: the file has no rows", level="warning")
+    report.log(f"done: {written:,} rows, {size_text(size)}, revenue {revenue:,.2f}")
+    result: dict[str, Any] = {"rows": written, "revenue": round(revenue, 2), "bytes": size, "format": format}
+    if written != rows:
+        result["drawn"] = rows
+    if prepared_for:
+        result["prepared_for"] = prepared_for
+    return result
+
+
+def _report_writer(handle: Any, format: str) -> Callable[[tuple[Any, ...]], None]:
+    """Writes one order as a CSV row (after a header) or as a JSON line."""
+    if format == "jsonl":
+
+        def write_line(order: tuple[Any, ...]) -> None:
+            handle.write(json.dumps(dict(zip(REPORT_COLUMNS, order, strict=True))) + "\n")
+
+        return write_line
+    writer = csv.writer(handle)
+    writer.writerow(REPORT_COLUMNS)
+
+    def write_row(order: tuple[Any, ...]) -> None:
+        *head, price, total = order
+        writer.writerow([*head, f"{price:.2f}", f"{total:.2f}"])
+
+    return write_row
 
 
 # --- csv_import ------------------------------------------------------------------

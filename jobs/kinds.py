@@ -1,15 +1,15 @@
 """The registry of job kinds.
 
-A kind declares its parameters once, as a tuple of `Param`s (numbers) and
+A kind declares its parameters once, as a tuple of `Param`s (numbers), `StringParam`s
+(text, email, URI, date), `ChoiceParam`s, `BooleanParam`s (jobs/params.py) and
 `FileParam`s (an uploaded file). From that one declaration come the API's validation
-(`JobKind.validate`), the JSON Schema served at `/api/job-kinds/` (`JobKind.schema`)
-and the HTML form (`jobs.forms`).
+(`JobKind.validate`, pydantic in strict mode), the JSON Schema served at
+`/api/job-kinds/` (`JobKind.schema`) and the HTML form (`jobs.forms`).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -17,6 +17,20 @@ from typing import Any, Protocol, TypeVar
 from django import forms
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
+
+from jobs.params import BooleanParam, ChoiceParam, Param, StringParam, ValueParam
+
+__all__ = [  # the declarations kinds import from here
+    "BooleanParam",
+    "ChoiceParam",
+    "FileParam",
+    "JobKind",
+    "Param",
+    "Reporter",
+    "StringParam",
+    "job_kind",
+    "register",
+]
 
 
 class ParamsInvalid(Exception):
@@ -51,123 +65,6 @@ class Reporter(Protocol):
 
 
 # --- Parameters ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a kind: a number within bounds, required or with a default."""
-
-    name: str
-    title: str
-    minimum: float
-    maximum: float
-    default: float | None = None
-    required: bool = True
-    help: str = ""
-    integer: bool = True
-
-    @property
-    def type_name(self) -> str:
-        return "integer" if self.integer else "number"
-
-    @property
-    def is_required(self) -> bool:
-        return self.required and self.default is None
-
-    def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {
-            "type": [self.type_name, "null"] if self.nullable else self.type_name,
-            "title": self.title,
-            "minimum": self.minimum,
-            "maximum": self.maximum,
-        }
-        if self.help:
-            schema["description"] = self.help
-        if self.default is not None or self.nullable:
-            schema["default"] = self.default
-        return schema
-
-    @property
-    def nullable(self) -> bool:
-        """Whether `null` is a value: only where the schema's `type` lists "null"."""
-        return not self.required
-
-    def absent(self) -> float | int | None:
-        """The value of a parameter left out: its default, None (left out of params) for an
-        optional one without a default; raises ValueError when it is required."""
-        if self.is_required:
-            raise ValueError("This parameter is required.")
-        return self.default
-
-    def clean(self, value: object, *, from_text: bool = False) -> float | int | None:
-        """The value sent, checked and converted; raises ValueError with a user message.
-
-        JSON must carry real numbers (`"5"`, `true` and, unless the parameter is
-        nullable, `null` are refused); form fields arrive as text and are parsed first,
-        a blank one counting as left out.
-        """
-        if from_text and (value is None or (isinstance(value, str) and not value.strip())):
-            return self.absent()  # a form field left blank, or not posted
-        if value is None:
-            if self.nullable:
-                return self.default
-            if self.default is None:
-                raise ValueError(f"Must be {self._type_text}, not null.")
-            raise ValueError(
-                f"Must be {self._type_text}, not null; leave it out to take the default, {_number_text(self.default)}."
-            )
-        if from_text and isinstance(value, str):
-            value = self._parse_text(value.strip())
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"Must be {self._type_text}.")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("Must be a finite number.")
-        if self.integer:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("Must be a whole number.")
-            value = int(value)
-        if not self.minimum <= value <= self.maximum:
-            raise ValueError(f"Must be between {_number_text(self.minimum)} and {_number_text(self.maximum)}.")
-        return value
-
-    @property
-    def _type_text(self) -> str:
-        return "an integer" if self.integer else "a number"
-
-    def _parse_text(self, text: str) -> float | int:
-        try:
-            return int(text) if self.integer else float(text)
-        except ValueError:
-            raise ValueError(f"Must be {self._type_text}.") from None
-
-    def form_field(self) -> forms.Field:
-        param = self
-
-        class ParamField(forms.CharField):
-            def clean(self, value: Any) -> Any:
-                try:
-                    return param.clean(value, from_text=True)
-                except ValueError as exc:
-                    raise forms.ValidationError(str(exc)) from None
-
-        attrs = {
-            "type": "number",
-            "min": _number_text(self.minimum),
-            "max": _number_text(self.maximum),
-            "step": "1" if self.integer else "any",
-        }
-        return ParamField(
-            label=self.title,
-            required=self.required and self.default is None,
-            initial=self.default,
-            help_text=self.help,
-            widget=forms.NumberInput(attrs=attrs),
-        )
-
-
-def _number_text(value: float) -> str:
-    """A bound as people and HTML read it: `50000000`, not `:g`'s `5e+07`."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # Checks an upload's content (its encoding, its header…); raises ValueError with a
@@ -295,7 +192,7 @@ def size_text(size: int) -> str:
     return f"{size} bytes"
 
 
-AnyParam = Param | FileParam
+AnyParam = ValueParam | FileParam
 
 
 # --- Kinds -----------------------------------------------------------------------
@@ -334,6 +231,11 @@ class JobKind:
             "required": [p.name for p in self.params if p.is_required],
             "additionalProperties": False,
         }
+
+    def arguments(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A job's kept params as the kind's function takes them (a date as a `date`)."""
+        declared = {p.name: p for p in self.params if isinstance(p, ValueParam)}
+        return {name: declared[name].to_python(value) if name in declared else value for name, value in params.items()}
 
     def validate(
         self, params: object, *, from_text: bool = False, files: Mapping[str, object] | None = None

@@ -357,7 +357,7 @@ def _job_run_started(job: Job) -> Job | None:
     try:
         if job.cancel_requested:
             raise JobCancelled()
-        result = job_kind.run(reporter.as_function(), **job.params) or {}
+        result = job_kind.run(reporter.as_function(), **job_kind.arguments(job.params)) or {}
         reporter.check_result_size()  # the exact total: the last frame may predate the last bytes
         json.dumps(result, allow_nan=False)  # a result must be plain JSON
         outcome["result"] = result

@@ -339,7 +339,7 @@ def test_report_reports_every_thousand_rows_and_the_last(tmp_path: Path) -> None
     report, recorder = reporter(tmp_path)
     run_report(report, rows=2500)
     assert [u.current for u in recorder.updates] == [0, 1000, 2000, 2500]
-    assert recorder.updates[-1].message == "wrote 2,500 of 2,500 rows"
+    assert recorder.updates[-1].message == "drew 2,500 of 2,500 orders, 2,500 kept"
 
 
 def test_report_logs_a_line_per_chunk_written_with_the_bytes_so_far(
@@ -350,7 +350,7 @@ def test_report_logs_a_line_per_chunk_written_with_the_bytes_so_far(
     result = run_report(reporter(tmp_path, log)[0], rows=15)  # under 1 KiB: sizes in bytes
 
     assert log.at("info") == log.texts  # nothing to warn about
-    assert log.texts[0] == "writing 15 rows to sales-report.csv"
+    assert log.texts[0] == "drawing 15 orders into sales-report.csv"
     chunks = [re.fullmatch(r"wrote rows (\d+) to (\d+) of 15 \((\d+) bytes so far\)", text) for text in log.texts[1:-1]]
     assert [(int(m[1]), int(m[2])) for m in chunks if m] == [(1, 6), (7, 12), (13, 15)]
     sizes = [int(m[3]) for m in chunks if m]

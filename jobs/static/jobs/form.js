@@ -6,6 +6,7 @@
  */
 
 import { postJson, postUpload } from "./http.js";
+import { paramValue } from "./param-value.js";
 
 /** @typedef {import("./job.js").Job} Job */
 
@@ -44,12 +45,12 @@ function showErrors(form, kind, errors) {
 }
 
 /**
- * Reads the selected kind's inputs: numbers as numbers (or a marker the server
- * refuses by name, for input the browser could not parse), files apart.
+ * Reads the selected kind's inputs (each by its declared type, param-value.js), files
+ * apart.
  * @param {Element|null} fieldset @param {string} kind
  */
 function readParams(fieldset, kind) {
-  /** @type {Object<string, number|string>} */
+  /** @type {Object<string, number|string|boolean>} */
   const params = {};
   /** @type {Map<string, File>} */
   const files = new Map();
@@ -57,17 +58,19 @@ function readParams(fieldset, kind) {
   const fileErrors = {};
   /** @type {HTMLInputElement[]} */
   const fileInputs = [];
-  for (const input of fieldset?.querySelectorAll("input") ?? []) {
+  for (const input of fieldset?.querySelectorAll("input, select") ?? []) {
     const name = input.name.slice(kind.length + 1);
-    if (input.type === "file") {
+    if (input instanceof HTMLInputElement && input.type === "file") {
       fileInputs.push(input);
       const file = input.files?.[0];
       const limit = Number(input.dataset.maxBytes);
       if (!file) fileErrors[name] = ["Choose a file to upload."];
       else if (limit && file.size > limit) fileErrors[name] = [`The file '${file.name}' is over the limit of ${input.dataset.maxSize}.`];
       else files.set(name, file);
-    } else if (input.validity.badInput) params[name] = "not a number";
-    else if (input.value.trim() !== "") params[name] = Number(input.value);
+    } else {
+      const value = paramValue(/** @type {HTMLInputElement} */ (input));
+      if (value !== undefined) params[name] = value;
+    }
   }
   return { params, files, fileErrors, fileInputs };
 }
