@@ -7,18 +7,15 @@ services as the API, so open pages see their effect live.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from jobs.exceptions import JobAlreadyFinished, JobNotFound
-from jobs.kinds import ParamsInvalid, UnknownKind, kind_get
-from jobs.models import TERMINAL_STATES, ImportedContact, Job
+from jobs.exceptions import JobAlreadyFinished, JobNotEnded, JobNotFound
+from jobs.kinds import ParamsInvalid, UnknownKind
+from jobs.models import ImportedContact, Job
 from jobs.owners import Owner
-from jobs.services import job_cancel, job_create
-from jobs.uploads import UploadMissing, upload_reopen
+from jobs.services import RetryUploadMissing, job_cancel, job_retry
 
 STAFF = Owner(views_all=True)  # the admin sees, and with change permission cancels, every job
 
@@ -87,37 +84,21 @@ class JobAdmin(admin.ModelAdmin):
 
 
 def _retry(job: Job) -> str | None:
-    """Starts a new job of `job`'s kind, parameters and owner; None, or why it could not.
-
-    A file parameter's upload is checked again and copied to the new job (see
-    `upload_reopen`); one that is gone is said so, since only its owner has it now.
-    """
-    if job.state not in TERMINAL_STATES:
-        return f"it is still {job.state}; only a job that ended can be retried."
+    """Runs `job` again (`job_retry`, outside the quotas); None, or why it could not."""
     try:
-        file_names = [param.name for param in kind_get(job.kind).file_params]
+        job_retry(job=job, within_quotas=False)
+    except JobNotEnded:
+        return f"it is still {job.state}; only a job that ended can be retried."
     except UnknownKind as exc:
         return str(exc)
-    owner = Owner(user_id=job.owner_user_id) if job.owner_user_id else Owner(token=job.owner_token)
-    params = {name: value for name, value in job.params.items() if name not in file_names}
-    with ExitStack() as opened:
-        files: dict[str, object] = {}
-        for name in file_names:
-            stored = job.params.get(name)
-            try:
-                files[name] = opened.enter_context(upload_reopen(stored))
-            except UploadMissing:
-                return (
-                    f"its uploaded file {stored} is gone (purged, or MEDIA_ROOT is not shared with this "
-                    "process); ask its owner to upload the file again."
-                )
-            except ValueError:
-                return f"its parameter '{name}' holds no stored upload ({stored!r})."
-        try:
-            job_create(owner=owner, kind=job.kind, params=params, files=files)
-        except ParamsInvalid as exc:
-            problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.errors.items())
-            return f"its parameters no longer pass the kind's checks ({problems})."
+    except RetryUploadMissing as exc:
+        return (
+            f"its uploaded file {exc.stored} is gone (purged, or MEDIA_ROOT is not shared with this "
+            "process); ask its owner to upload the file again."
+        )
+    except ParamsInvalid as exc:
+        problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.errors.items())
+        return f"its parameters no longer pass the kind's checks ({problems})."
     return None
 
 

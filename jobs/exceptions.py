@@ -21,3 +21,11 @@ class JobAlreadyFinished(Exception):
     def __init__(self, state: str) -> None:
         super().__init__(f"The job already ended ({state}).")
         self.state = state
+
+
+class JobNotEnded(Exception):
+    """The job is still queued or running, so it cannot be run again yet (a 409)."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"The job has not ended yet ({state}); only a job that ended can be run again.")
+        self.state = state

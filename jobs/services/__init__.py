@@ -5,6 +5,7 @@
 - submit: create, submit within quotas, dispatch to the broker
 - run: start, progress (the worker's write-behind), heartbeat, finish, the whole run
 - cancel: cancel, revoke
+- retry: run an ended job again (same kind, parameters and files, same owner)
 - recovery: lost workers, jobs never sent, messages the broker lost
 - fair_share: at most JOB_QUOTA_RUNNING running jobs per owner; the others held, queued
 - retention: purge of old finished jobs and their files
@@ -28,6 +29,7 @@ from jobs.services.recovery import (
     lost_worker_error,
 )
 from jobs.services.retention import PurgeReport, RetentionAges, job_purge_finished, retention_ages
+from jobs.services.retry import RetryUploadMissing, job_retry
 from jobs.services.run import (
     INTERNAL_ERROR_MESSAGE,
     RunningJob,
@@ -50,6 +52,7 @@ __all__ = [
     "SWEEP_BATCH",
     "PurgeReport",
     "RetentionAges",
+    "RetryUploadMissing",
     "RunningJob",
     "StaleSweep",
     "heartbeat",
@@ -67,6 +70,7 @@ __all__ = [
     "job_release_held",
     "job_report_progress",
     "job_resend_lost",
+    "job_retry",
     "job_run",
     "job_start",
     "job_submit",
