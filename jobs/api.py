@@ -27,14 +27,14 @@ from core.client_address import client_address
 from core.whole_numbers import BIGINT_DIGITS, is_whole_number
 from jobs.body_limits import MULTIPART, MULTIPART_OVERHEAD, largest_file_param
 from jobs.downloads import LogTextResponse, result_download
-from jobs.exceptions import JobAlreadyFinished, JobNotFound
+from jobs.exceptions import JobAlreadyFinished, JobNotEnded, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.logs import LOG_PAGE_MAX, LogPage
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_log_page, job_log_text, job_queue_position
 from jobs.serializers import JobPayload, job_payload
-from jobs.services import job_cancel, job_submit
+from jobs.services import job_cancel, job_retry, job_submit
 
 MAX_PAGE_SIZE = 100
 MULTIPART_FIELDS = ("kind", "params")
@@ -397,6 +397,34 @@ def cancel_job(request: HttpRequest, job_id: str) -> Status[JobOrErrors]:
     except JobAlreadyFinished as exc:
         return Status(409, errors_body("state", str(exc)))
     return Status(202, _job_out(job, owner))
+
+
+@api.post(
+    "/jobs/{job_id}/retry/",
+    response={201: JobPayload, 400: ErrorsOut, 404: ErrorsOut, 409: ErrorsOut, 429: ErrorsOut},
+    exclude_unset=True,
+    summary="Run a job again",
+    description="A new job of the same kind, parameters and uploaded file, owned by the job's owner (staff "
+    "retrying another's job start it for that owner, within that owner's quotas). 409 while the job is queued "
+    "or running; 400 when its file is gone or its parameters no longer pass the kind's checks; 429 over a "
+    "quota, with `Retry-After` in seconds.",
+)
+def retry_job(request: HttpRequest, response: HttpResponse, job_id: str) -> Status[JobOrErrors]:
+    owner = _owner(request)
+    job = _visible_job_or_404(owner, job_id)
+    try:
+        retried = job_retry(job=job, client_address=client_address(request))
+    except JobNotEnded as exc:
+        return Status(409, errors_body("state", str(exc)))
+    except QuotaExceeded as exc:
+        response["Retry-After"] = str(exc.retry_after)
+        return Status(429, errors_body("__all__", str(exc)))
+    except UnknownKind as exc:
+        return Status(400, errors_body("kind", str(exc)))
+    except ParamsInvalid as exc:  # a stored file now over its limit too: the request itself was fine
+        return Status(400, {"errors": exc.errors})
+    response["Location"] = f"/api/jobs/{retried.id}/"
+    return Status(201, _job_out(retried, owner))
 
 
 @api.get(
