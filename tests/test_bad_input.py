@@ -162,11 +162,13 @@ HTTP_POST_CASES = [post(f"post-{c[0]}", c[1], c[3], c[4], c[2]) for c in BAD_INP
         csrf=False,
     ),
     HttpCase("cancel-without-csrf-header", "POST", "/api/jobs/{mine}/cancel/", 403, "csrf", csrf=False),
+    HttpCase("retry-without-csrf-header", "POST", "/api/jobs/{finished}/retry/", 403, "csrf", csrf=False),
 ]
 
 JOB_PATHS = [
     ("get", "GET", "/api/jobs/{id}/"),
     ("cancel", "POST", "/api/jobs/{id}/cancel/"),
+    ("retry", "POST", "/api/jobs/{id}/retry/"),
     ("result", "GET", "/api/jobs/{id}/result/"),
     ("events", "GET", "/api/jobs/{id}/events/"),
     ("log", "GET", "/api/jobs/{id}/log/"),
@@ -202,6 +204,9 @@ HTTP_PATH_CASES = (
         HttpCase("patch-on-the-list", "PATCH", "/api/jobs/", 405, "method"),
         HttpCase("delete-a-job", "DELETE", "/api/jobs/{mine}/", 405, "method"),
         HttpCase("get-on-cancel", "GET", "/api/jobs/{mine}/cancel/", 405, "method"),
+        HttpCase("retry-of-a-queued-job", "POST", "/api/jobs/{mine}/retry/", 409, "state"),
+        HttpCase("get-on-retry", "GET", "/api/jobs/{finished}/retry/", 405, "method"),
+        HttpCase("delete-on-retry", "DELETE", "/api/jobs/{finished}/retry/", 405, "method"),
         HttpCase("delete-the-kinds", "DELETE", "/api/job-kinds/", 405, "method"),
         HttpCase("post-to-the-result", "POST", "/api/jobs/{mine}/result/", 405, "method"),
         HttpCase("post-to-the-events", "POST", "/api/jobs/{mine}/events/", 405, "method"),
