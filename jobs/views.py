@@ -58,6 +58,15 @@ def index(request: HttpRequest) -> HttpResponse:
     # A first visit starts on a kind that runs as it is (no file to choose first).
     startable = [kind.name for kind in kind_list() if not kind.file_params] or [kind_list()[0].name]
     selected = kind_form.data.get("kind") if kind_form.is_bound else startable[0]
+    # "Edit and run" (`/?edit=<job id>`): the form starts as that job was started. A job
+    # one may not see, or of a kind no longer registered, is ignored: the plain form.
+    editing = None if posted else job_get_visible(owner=owner, job_id=request.GET.get("edit"))
+    if editing is not None and editing.kind in forms:
+        uploads = {param.name for param in kind_get(editing.kind).file_params}  # a file cannot be prefilled
+        forms[editing.kind].initial = {name: value for name, value in editing.params.items() if name not in uploads}
+        selected = editing.kind
+    else:
+        editing = None
     jobs = [
         job_payload(job, staff=owner.views_all, queue_position=job_queue_position(job=job))
         for job in job_list_recent_for_owner(owner=owner)
@@ -66,6 +75,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "kind_form": kind_form,
         "kinds": [(kind, forms[kind.name]) for kind in kind_list()],
         "selected_kind": selected,
+        "editing": editing,
         "jobs": jobs,
         "flower_url": settings.FLOWER_URL,
     }
