@@ -8,6 +8,7 @@ from typing import Any
 from django import template
 
 from jobs.kinds import UnknownKind, kind_get
+from jobs.models import TERMINAL_STATES
 
 register = template.Library()
 
@@ -26,3 +27,9 @@ def param_pairs(job: Mapping[str, Any]) -> list[tuple[str, Any]]:
         declared = []
     order = {name: index for index, name in enumerate(declared)}
     return sorted(params.items(), key=lambda pair: (order.get(pair[0], len(order)), pair[0]))
+
+
+@register.filter
+def has_ended(job: Mapping[str, Any]) -> bool:
+    """Whether the job is in a terminal state: its card offers "Run again" and "Edit and run"."""
+    return job.get("state") in TERMINAL_STATES

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { elapsedSeconds, isTerminal, jobPercent } from "../../jobs/static/jobs/job.js";
+import { editUrl, elapsedSeconds, isTerminal, jobPercent, retryUrl } from "../../jobs/static/jobs/job.js";
 import { makeJob, makeProgress } from "./job-factory.mjs";
 
 test("the percent is the server's progress.percent, not current over total", () => {
@@ -34,4 +34,11 @@ test("elapsed runs from the start to the end, or to now while running", () => {
   assert.equal(elapsedSeconds(makeJob({ started_at: null })), null);
   assert.equal(elapsedSeconds(makeJob({ started_at }), Date.parse(started_at) + 4500), 4.5);
   assert.equal(elapsedSeconds(makeJob({ started_at, finished_at: "2026-11-25T12:01:00Z" }), Date.parse(started_at) + 999999), 60);
+});
+
+test("Edit and run goes to the form on / with the job's id; Run again posts to its retry path", () => {
+  assert.equal(editUrl("7b9c0d1e-0000-4000-8000-000000000001"), "/?edit=7b9c0d1e-0000-4000-8000-000000000001#job-form");
+  assert.equal(retryUrl("7b9c0d1e-0000-4000-8000-000000000001"), "/api/jobs/7b9c0d1e-0000-4000-8000-000000000001/retry/");
+  assert.equal(editUrl("a/b?c"), "/?edit=a%2Fb%3Fc#job-form", "an id is always one query value");
+  assert.equal(retryUrl("../x"), "/api/jobs/..%2Fx/retry/");
 });

@@ -184,3 +184,37 @@ test("the elapsed clock moves on between frames while running", () => {
   renderElapsed(card, job, NOW + 65_000);
   assert.equal(text(card, ".job__elapsed"), "elapsed 1 min 15 s");
 });
+
+test("an ended job offers Run again and Edit and run, in every terminal state", () => {
+  for (const state of ["succeeded", "failed", "cancelled"]) {
+    const card = renderJob(makeJob({ id: "j 1", state }), null, { now: NOW });
+    const again = card.querySelector("[data-retry]");
+    assert.equal(again.tagName, "BUTTON", state);
+    assert.equal(again.type, "button");
+    assert.equal(again.getAttribute("data-retry"), "j 1");
+    assert.equal(again.textContent, "Run again");
+    assert.equal(again.disabled, false);
+    const edit = card.querySelector("a[data-edit]");
+    assert.equal(edit.textContent, "Edit and run", state);
+    assert.equal(edit.href, "/?edit=j%201#job-form");
+  }
+});
+
+test("a job that has not ended offers neither Run again nor Edit and run", () => {
+  for (const state of ["queued", "running"]) {
+    const card = renderJob(makeJob({ state }), null, { now: NOW });
+    assert.equal(card.querySelector("[data-retry]"), null, state);
+    assert.equal(card.querySelector("[data-edit]"), null, state);
+  }
+});
+
+test("the buttons appear when a card drawn running is redrawn ended, and Run again waits while asked", () => {
+  const card = renderJob(makeJob({ id: "j", state: "running" }), null, { now: NOW });
+  renderJob(makeJob({ id: "j", state: "succeeded" }), card, { now: NOW });
+  assert.equal(cancelButton(card), null);
+  assert.equal(card.querySelector("[data-retry]").textContent, "Run again");
+  renderJob(makeJob({ id: "j", state: "succeeded" }), card, { retrying: true, now: NOW });
+  const pending = card.querySelector("[data-retry]");
+  assert.equal(pending.textContent, "Starting…");
+  assert.equal(pending.disabled, true);
+});

@@ -53,3 +53,19 @@ export function postUpload(kind, params, files) {
     credentials: "same-origin",
   });
 }
+
+/**
+ * One sentence for users from an API error body (`{"errors": {"field": ["…"]}}`): the
+ * messages, each named by its field unless it is about the whole request.
+ * @param {*} body the parsed body, or anything else when it was not JSON
+ * @param {number} status
+ * @returns {string}
+ */
+export function errorMessage(body, status) {
+  const errors = body && typeof body === "object" && body.errors && typeof body.errors === "object" ? body.errors : {};
+  const parts = Object.entries(errors).map(([field, messages]) => {
+    const text = Array.isArray(messages) ? messages.join(" ") : String(messages);
+    return ["__all__", "request", "state", "id"].includes(field) ? text : `${field}: ${text}`;
+  });
+  return parts.length ? parts.join(" ") : `The server answered ${status}.`;
+}

@@ -45,3 +45,17 @@ export function elapsedSeconds(job, now = Date.now()) {
   const end = job.finished_at ? Date.parse(job.finished_at) : now;
   return Math.max(0, (end - Date.parse(job.started_at)) / 1000);
 }
+
+/**
+ * Where "Edit and run" goes: the form on `/`, filled in by the server with the job's kind
+ * and parameters (a file cannot be, so it is chosen again).
+ * @param {string} id @returns {string}
+ */
+export function editUrl(id) {
+  return `/?edit=${encodeURIComponent(id)}#job-form`;
+}
+
+/** The API path that runs a job again. @param {string} id @returns {string} */
+export function retryUrl(id) {
+  return `/api/jobs/${encodeURIComponent(id)}/retry/`;
+}

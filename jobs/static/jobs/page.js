@@ -2,14 +2,14 @@
  * The entry module of `/` (the form and my jobs) and `/jobs/<id>/` (one job): the
  * only module of these pages that does anything when loaded. It draws the jobs the
  * page came with, then every newer state any transport brings, and wires the form,
- * the cancel buttons, the elapsed clock and the re-reads of silent jobs; on a detail
+ * the cancel and "Run again" buttons, the elapsed clock and the re-reads of silent jobs; on a detail
  * page, the job's log panel and what feeds it.
  */
 
 import { setUpForm } from "./form.js";
 import { formatEta, formatRate, ordinal } from "./format.js";
-import { getJson, postJson } from "./http.js";
-import { isTerminal } from "./job.js";
+import { errorMessage, getJson, postJson } from "./http.js";
+import { isTerminal, retryUrl } from "./job.js";
 import { createLogFeed } from "./log-feed.js";
 import { lineFromHash } from "./log-lines.js";
 import { createLogPanel } from "./log-panel.js";
@@ -17,7 +17,7 @@ import { renderElapsed, renderJob } from "./render.js";
 import { createResync, resyncAfterMs } from "./resync.js";
 import { browserRuntime } from "./runtime.js";
 import { SeqFilter } from "./seq-filter.js";
-import { createEndAnnouncer } from "./toasts.js";
+import { createEndAnnouncer, createProblemToaster } from "./toasts.js";
 import { createJobStream } from "./transports.js";
 
 /** @typedef {import("./job.js").Job} Job */
@@ -29,7 +29,10 @@ const jobId = document.querySelector("[data-job-detail]")?.getAttribute("data-jo
 const shown = new SeqFilter();
 /** @type {Set<string>} ids of jobs whose cancel was asked for and not yet shown */
 const cancelling = new Set();
+/** @type {Set<string>} ids of ended jobs whose "Run again" was clicked and not yet answered */
+const retrying = new Set();
 const announceEnd = createEndAnnouncer(document, window);
+const showProblem = createProblemToaster(document, window);
 const logRoot = jobId ? document.querySelector("[data-log-panel]") : null;
 const logPanel = jobId && logRoot instanceof HTMLElement ? createLogPanel(logRoot, { jobId, target: lineFromHash(location.hash) }) : null;
 const logFeed = jobId && logPanel
@@ -59,7 +62,7 @@ function apply(job) {
   if (!shown.admit(job)) return false;
   if (isTerminal(job.state)) cancelling.delete(job.id);
   const existing = document.getElementById(`job-${job.id}`);
-  const options = { cancelling: cancelling.has(job.id) };
+  const options = { cancelling: cancelling.has(job.id), retrying: retrying.has(job.id) };
   if (jobId) {
     if (job.id !== jobId || !existing) return false;
     renderJob(job, existing, { ...options, detail: true });
@@ -110,9 +113,52 @@ async function cancelJob(id) {
   } else throw new Error(`cancel answered ${response.status}`);
 }
 
+/**
+ * Runs an ended job again: the new job shows in the list (and the owner socket's frames
+ * follow it); on its own page the browser goes to the new job's. The server's refusal
+ * (over a quota, its file gone…) shows as a toast.
+ * @param {string} id
+ */
+async function retryJob(id) {
+  const response = await postJson(retryUrl(id));
+  const body = await response.json().catch(() => null);
+  if (response.status !== 201) throw new Error(errorMessage(body, response.status));
+  if (jobId) location.assign(body.url);
+  else {
+    apply(body);
+    document.getElementById(`job-${body.id}`)?.scrollIntoView({ block: "nearest" });
+  }
+}
+
+/** @param {HTMLButtonElement} button */
+function onRetryClick(button) {
+  const id = button.dataset.retry ?? "";
+  if (retrying.has(id)) return;
+  retrying.add(id);
+  button.disabled = true;
+  button.textContent = "Starting…";
+  retryJob(id)
+    .catch((error) => showProblem(error instanceof TypeError ? "Could not reach the server; try again." : error.message))
+    .finally(() => {
+      retrying.delete(id);
+      // Its card, as drawn now (a redraw may have replaced the button).
+      const again = document.querySelector(`#job-${CSS.escape(id)} [data-retry]`);
+      if (again instanceof HTMLButtonElement) {
+        again.disabled = false;
+        again.textContent = "Run again";
+      }
+    });
+}
+
 /** @param {MouseEvent} event */
 function onClick(event) {
-  const button = event.target instanceof Element ? event.target.closest("[data-cancel]") : null;
+  const target = event.target instanceof Element ? event.target : null;
+  const retry = target?.closest("[data-retry]");
+  if (retry instanceof HTMLButtonElement) {
+    onRetryClick(retry);
+    return;
+  }
+  const button = target?.closest("[data-cancel]") ?? null;
   if (!(button instanceof HTMLButtonElement)) return;
   const id = button.dataset.cancel ?? "";
   cancelling.add(id);
@@ -158,7 +204,8 @@ function start() {
 }
 
 window.jobstream = {
-  render: (job, card = null, options = {}) => renderJob(job, card, { cancelling: cancelling.has(job.id), ...options }),
+  render: (job, card = null, options = {}) =>
+    renderJob(job, card, { cancelling: cancelling.has(job.id), retrying: retrying.has(job.id), ...options }),
   apply,
   formatRate,
   formatEta,

@@ -8,7 +8,7 @@
 
 import { el } from "./dom.js";
 import { formatDuration, formatEta, formatPercent, formatRate, formatValue, ordinal } from "./format.js";
-import { elapsedSeconds, isTerminal, jobPercent } from "./job.js";
+import { editUrl, elapsedSeconds, isTerminal, jobPercent } from "./job.js";
 
 /** @typedef {import("./job.js").Job} Job */
 
@@ -80,8 +80,11 @@ function renderStats(job, percent, now) {
   return stats;
 }
 
-/** @param {Job} job @param {boolean} detail @param {boolean} cancelling */
-function renderActions(job, detail, cancelling) {
+/**
+ * @param {Job} job @param {boolean} detail @param {boolean} cancelling
+ * @param {boolean} retrying a "Run again" was asked for and not yet answered
+ */
+function renderActions(job, detail, cancelling, retrying) {
   const actions = el("div", "job__actions");
   if (job.result_url) {
     const link = /** @type {HTMLAnchorElement} */ (el("a", "button button--small", "Download result"));
@@ -95,6 +98,16 @@ function renderActions(job, detail, cancelling) {
     cancel.disabled = cancelling;
     cancel.dataset.cancel = job.id;
     actions.append(cancel);
+  } else {
+    // An ended job runs again as it was, or with its parameters in the form to change first.
+    const again = /** @type {HTMLButtonElement} */ (el("button", "button button--small button--accent", retrying ? "Starting…" : "Run again"));
+    again.type = "button";
+    again.disabled = retrying;
+    again.dataset.retry = job.id;
+    const edit = /** @type {HTMLAnchorElement} */ (el("a", "button button--small", "Edit and run"));
+    edit.href = editUrl(job.id);
+    edit.dataset.edit = job.id;
+    actions.append(again, edit);
   }
   if (!detail) actions.append(Object.assign(el("a", "job__more", "Details →"), { href: job.url }));
   return actions;
@@ -115,11 +128,12 @@ function renderDetails(job) {
  * Draws `job` into a fresh card element, or into `card` when given (keeping its bar
  * element, so the width animates).
  * @param {Job} job @param {HTMLElement|null} [card]
- * @param {{detail?: boolean, cancelling?: boolean, now?: number}} [options] detail: the
- *   job's own page; cancelling: a cancel was asked for and has not shown yet
+ * @param {{detail?: boolean, cancelling?: boolean, retrying?: boolean, now?: number}} [options]
+ *   detail: the job's own page; cancelling: a cancel was asked for and has not shown yet;
+ *   retrying: a "Run again" was asked for and not yet answered
  * @returns {HTMLElement}
  */
-export function renderJob(job, card = null, { detail = false, cancelling = false, now = Date.now() } = {}) {
+export function renderJob(job, card = null, { detail = false, cancelling = false, retrying = false, now = Date.now() } = {}) {
   const percent = jobPercent(job);
   const oldBar = /** @type {HTMLElement|null} */ (card?.querySelector(".bar") ?? null);
   const node = card ?? el("article");
@@ -135,7 +149,7 @@ export function renderJob(job, card = null, { detail = false, cancelling = false
       ? definitionList(job.result, "job__result")
       : el("p", "job__result", formatValue(job.result)));
   }
-  const actions = renderActions(job, detail, cancelling);
+  const actions = renderActions(job, detail, cancelling, retrying);
   if (actions.childElementCount) parts.push(actions);
   if (detail) parts.push(renderDetails(job));
   node.replaceChildren(...parts);
