@@ -49,6 +49,8 @@ def main() -> int:
     env.setdefault("CELERY_WORKER_CONCURRENCY", "4")
     flower_auth = env.setdefault("FLOWER_BASIC_AUTH", DEV_FLOWER_BASIC_AUTH)
     env.setdefault("FLOWER_URL", f"http://127.0.0.1:{flower_port}/flower/")
+    env.setdefault("EMAIL_URL", "console://")  # "email me when it ends" mails show in the worker's output
+    env.setdefault("SITE_URL", f"http://127.0.0.1:{web_port}")  # the links in those mails
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
 

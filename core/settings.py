@@ -15,6 +15,8 @@ from pathlib import Path
 import dj_database_url
 from celery.schedules import crontab
 
+from core.email_url import email_settings_from_url, site_url_check
+
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -325,6 +327,31 @@ PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s
 JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "")
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20
+
+# --- Mail (docs/contract.md#email) --------------------------------------------------
+# EMAIL_URL names the server (core/email_url.py): smtp://user:pass@host:587/?tls=true,
+# smtps://user:pass@host/, console:// or locmem://. Unset, mails go to the process's
+# standard output (the console backend, as under `make run`): nothing leaves the machine
+# until an operator names a server. SITE_URL starts the links in mails.
+try:
+    _email = email_settings_from_url(os.environ.get("EMAIL_URL", ""))
+except ValueError as exc:
+    raise RuntimeError(f"EMAIL_URL: {exc}.") from None
+EMAIL_BACKEND = _email.backend
+EMAIL_HOST = _email.host
+EMAIL_PORT = _email.port
+EMAIL_HOST_USER = _email.user
+EMAIL_HOST_PASSWORD = _email.password
+EMAIL_USE_TLS = _email.use_tls
+EMAIL_USE_SSL = _email.use_ssl
+# Seconds an SMTP server may take to answer: a mail is sent by the worker that ended the
+# job (or the web process that cancelled it), which must not hang on a server gone quiet.
+EMAIL_TIMEOUT = 10
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "jobstream@localhost")
+try:
+    SITE_URL = site_url_check(os.environ.get("SITE_URL", "http://127.0.0.1:8000"))
+except ValueError as exc:
+    raise RuntimeError(f"SITE_URL: {exc}, not {os.environ.get('SITE_URL')!r}.") from None
 
 # --- Quotas and retention --------------------------------------------------------
 # Per owner: a signed-in user, or an anonymous session (jobs/owners.py). 0 turns a quota

@@ -58,6 +58,12 @@ class Job(models.Model):
     error = models.CharField(max_length=500, blank=True, default="")
     error_detail = models.TextField(blank=True, default="")  # the traceback: logs and staff only
 
+    # "Email me when it ends" (signed-in owners only): the mail goes once, to whichever
+    # process stamps notified_at first (jobs/services/notify.py), whatever redeliveries,
+    # requeues or sweeps end the job more than once in a run.
+    notify_email = models.BooleanField(default=False)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
     celery_task_id = models.CharField(max_length=255, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
     dispatched_at = models.DateTimeField(null=True, blank=True)
