@@ -16,7 +16,6 @@ import dj_database_url
 from celery.schedules import crontab
 
 from core.email_url import email_settings_from_url, site_url_check
-
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
