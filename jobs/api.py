@@ -30,6 +30,14 @@ from jobs.downloads import LogTextResponse, result_download
 from jobs.exceptions import JobAlreadyFinished, JobNotEnded, JobNotFound
 from jobs.kinds import ParamsInvalid, UnknownKind, kind_get, kind_list, size_text
 from jobs.logs import LOG_PAGE_MAX, LogPage
+from jobs.notify_options import (
+    ANONYMOUS_NOTIFY_MESSAGE,
+    NO_NOTIFY,
+    NOTIFY_FIELD,
+    NotifyInvalid,
+    NotifyOptions,
+    notify_options_parse,
+)
 from jobs.owners import Owner, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_visible, job_log_page, job_log_text, job_queue_position
@@ -37,7 +45,8 @@ from jobs.serializers import JobPayload, job_payload
 from jobs.services import job_cancel, job_retry, job_submit
 
 MAX_PAGE_SIZE = 100
-MULTIPART_FIELDS = ("kind", "params")
+JSON_FIELDS = ("kind", "params", NOTIFY_FIELD)
+MULTIPART_FIELDS = ("kind", "params", NOTIFY_FIELD)
 
 # --- auth ------------------------------------------------------------------------
 
@@ -156,14 +165,22 @@ class ErrorsOut(Schema):
     errors: dict[str, list[str]]
 
 
+class NotifyIn(Schema):
+    model_config = {"extra": "forbid"}
+
+    email: bool = Field(False, description="Email me the outcome and a link when it ends (signed-in users only).")
+
+
 class JobCreateIn(Schema):
     kind: str = Field(..., description="A name from /api/job-kinds/.")
     params: dict[str, Any] = Field(default_factory=dict, description="Fits the kind's JSON Schema.")
+    notify: NotifyIn | None = Field(None, description="How to be told when the job ends.")
 
 
 class JobUploadIn(Schema):
     kind: str = Field(..., description="A kind with a file parameter (`format: binary` in its schema).")
     params: str = Field("{}", description="The other parameters, as a JSON object in a string.")
+    notify: str | None = Field(None, description='As in JSON, in a string: {"email": true}.')
     file: str = Field(
         ..., json_schema_extra={"format": "binary"}, description="The file; named for the kind's file parameter."
     )
@@ -238,7 +255,9 @@ def list_job_kinds(request: HttpRequest) -> list[dict[str, Any]]:
     description="429 when the owner is over a quota (jobs at once, jobs per minute, result bytes, imported rows), "
     "with `Retry-After` in seconds. "
     "A kind with a file parameter (csv_import) takes multipart/form-data: the fields kind, params (a JSON object "
-    "in a string) and the file; 413 when the file is over its limit.",
+    "in a string) and the file; 413 when the file is over its limit. "
+    '`notify`: `{"email": true}` mails a signed-in owner the outcome and a link when the job ends, once; '
+    "400 naming notify for an anonymous visitor or a user without an email address.",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -275,13 +294,23 @@ def create_job(request: HttpRequest, response: HttpResponse) -> Status[JobOrErro
     if not isinstance(body, dict):
         return Status(400, errors_body("body", 'Must be a JSON object like {"kind": "...", "params": {...}}.'))
     errors: dict[str, list[str]] = {
-        str(key): ["Unknown field; send only kind and params."] for key in body if key not in ("kind", "params")
+        str(key): [f"Unknown field; send only {', '.join(JSON_FIELDS)}."] for key in body if key not in JSON_FIELDS
     }
     if "kind" not in body:
         errors["kind"] = ["This field is required."]
+    notify = _notify_or_errors(body.get(NOTIFY_FIELD), errors)
     if errors:
         return Status(400, {"errors": errors})
-    return _submit(request, response, kind=body["kind"], params=body.get("params", {}))
+    return _submit(request, response, kind=body["kind"], params=body.get("params", {}), notify=notify)
+
+
+def _notify_or_errors(value: object, errors: dict[str, list[str]]) -> NotifyOptions:
+    """The request's `notify` field; a malformed one is added to `errors`."""
+    try:
+        return notify_options_parse(value)
+    except NotifyInvalid as exc:
+        errors.update(exc.errors)
+        return NO_NOTIFY
 
 
 def _create_job_from_upload(request: HttpRequest, response: HttpResponse) -> Status[JobOrErrors]:
@@ -320,9 +349,15 @@ def _create_job_from_upload(request: HttpRequest, response: HttpResponse) -> Sta
         errors["params"] = [f"Malformed JSON: {exc}."]
     except RecursionError:
         errors["params"] = ["Malformed JSON: nested too deeply."]
+    notify = NO_NOTIFY
+    if (notify_text := request.POST.get(NOTIFY_FIELD)) is not None:
+        try:
+            notify = _notify_or_errors(json.loads(notify_text, parse_constant=_reject_constant), errors)
+        except (ValueError, RecursionError) as exc:
+            errors[NOTIFY_FIELD] = [f'Malformed JSON: {exc}; send an object like {{"email": true}} in a string.']
     if errors:
         return Status(400, {"errors": errors})
-    return _submit(request, response, kind=kind.name, params=params, files=request.FILES.dict())
+    return _submit(request, response, kind=kind.name, params=params, files=request.FILES.dict(), notify=notify)
 
 
 def _submit(
@@ -332,12 +367,17 @@ def _submit(
     kind: Any,  # checked by job_submit: an unknown kind or a non-string is answered 400
     params: object,
     files: dict[str, Any] | None = None,
+    notify: NotifyOptions = NO_NOTIFY,
 ) -> Status[JobOrErrors]:
     owner = _owner(request)
+    if notify.email and owner.user_id is None:  # refused before the anonymous session starts
+        return Status(400, {"errors": NotifyInvalid(ANONYMOUS_NOTIFY_MESSAGE).errors})
     if owner.user_id is None and not owner.token:
         owner = owner_from_request(request, create=True)  # a first job: the anonymous session starts here
     try:
-        job = job_submit(owner=owner, kind=kind, params=params, files=files, client_address=client_address(request))
+        job = job_submit(
+            owner=owner, kind=kind, params=params, files=files, client_address=client_address(request), notify=notify
+        )
     except QuotaExceeded as exc:
         response["Retry-After"] = str(exc.retry_after)
         return Status(429, errors_body("__all__", str(exc)))

@@ -1,4 +1,4 @@
-"""The Celery tasks: run a job, sweep for lost ones, purge old ones, clear expired sessions.
+"""The Celery tasks: run a job, mail its end, sweep for lost ones, purge old ones, clear expired sessions.
 All the jobs' work is in jobs.services."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from django.core.management import call_command
 
 from jobs.services import (
     job_dispatch_held,
+    job_notify_ended,
     job_purge_finished,
     job_redispatch_undispatched,
     job_resend_lost,
@@ -19,7 +20,7 @@ from jobs.services import (
     job_sweep_stale,
     retention_ages,
 )
-from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
+from jobs.task_names import CLEAR_SESSIONS_TASK, NOTIFY_ENDED_TASK, PURGE_FINISHED_TASK, RUN_JOB_TASK, SWEEP_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ def run_job(self: Any, job_id: str, requeues: int | None = None) -> None:
     # died before acknowledging it (reject_on_worker_lost, or the visibility timeout).
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     job_run(job_id=uuid.UUID(job_id), task_id=self.request.id or job_id, redelivered=redelivered, requeues=requeues)
+
+
+@shared_task(name=NOTIFY_ENDED_TASK, ignore_result=True)
+def notify_ended(job_id: str) -> bool:
+    """Emails a job's owner how it ended, unless someone did already (sent on its end's commit)."""
+    return job_notify_ended(job_id=uuid.UUID(job_id))
 
 
 @shared_task(name=SWEEP_TASK, ignore_result=True)

@@ -11,11 +11,27 @@ from core.client_address import client_address
 from jobs.forms import KindForm, params_form
 from jobs.kinds import ParamsInvalid, kind_get, kind_list
 from jobs.models import JobState
+from jobs.notify_options import NotifyOptions
 from jobs.owners import can_view_all, owner_from_request
 from jobs.quotas import QuotaExceeded
 from jobs.selectors import job_get_visible, job_list_recent_for_owner, job_queue_position
 from jobs.serializers import job_payload
 from jobs.services import job_submit
+
+NOTIFY_EMAIL_INPUT = "notify_email"  # the form's "Email me when it ends" checkbox
+
+
+def notify_email_offer(request: HttpRequest) -> dict[str, object] | None:
+    """What the form says about "Email me when it ends": None for an anonymous visitor
+    (nobody to mail), else the address (empty: the account has none, and the form says so)
+    and whether the box is ticked."""
+    if not request.user.is_authenticated:
+        return None
+    return {
+        "input": NOTIFY_EMAIL_INPUT,
+        "address": getattr(request.user, "email", "") or "",
+        "checked": request.method == "POST" and request.POST.get(NOTIFY_EMAIL_INPUT) == "on",
+    }
 
 
 @ensure_csrf_cookie
@@ -44,6 +60,7 @@ def index(request: HttpRequest) -> HttpResponse:
                         params=params,
                         files=files,
                         client_address=client_address(request),
+                        notify=NotifyOptions(email=request.POST.get(NOTIFY_EMAIL_INPUT) == "on"),
                     )
                 except QuotaExceeded as exc:
                     kind_form.add_error(None, str(exc))
@@ -78,6 +95,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "editing": editing,
         "jobs": jobs,
         "flower_url": settings.FLOWER_URL,
+        "notify_email": notify_email_offer(request),
     }
     response = render(request, "jobs/index.html", context, status=status)
     if retry_after is not None:

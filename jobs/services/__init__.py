@@ -7,6 +7,7 @@
 - cancel: cancel, revoke
 - retry: run an ended job again (same kind, parameters and files, same owner)
 - recovery: lost workers, jobs never sent, messages the broker lost
+- notify: the email of a job's end, sent once
 - fair_share: at most JOB_QUOTA_RUNNING running jobs per owner; the others held, queued
 - retention: purge of old finished jobs and their files
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from jobs.services.cancel import job_cancel, task_revoke
 from jobs.services.fair_share import job_admit, job_dispatch_held, job_release_held
+from jobs.services.notify import job_notify_ended, job_notify_on_commit
 from jobs.services.recovery import (
     REDISPATCH_AFTER,
     SWEEP_BATCH,
@@ -64,6 +66,8 @@ __all__ = [
     "job_end_lost",
     "job_finish",
     "job_heartbeat",
+    "job_notify_ended",
+    "job_notify_on_commit",
     "job_publish",
     "job_purge_finished",
     "job_redispatch_undispatched",

@@ -7,12 +7,20 @@ import logging
 import uuid
 from collections.abc import Mapping
 
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from celery_app import app
 from jobs.kinds import kind_get
 from jobs.models import Job
+from jobs.notify_options import (
+    ANONYMOUS_NOTIFY_MESSAGE,
+    NO_ADDRESS_NOTIFY_MESSAGE,
+    NO_NOTIFY,
+    NotifyInvalid,
+    NotifyOptions,
+)
 from jobs.owners import Owner
 from jobs.quotas import client_address_key, job_quota_check
 from jobs.services.transitions import job_publish
@@ -35,13 +43,18 @@ def job_create(
     from_text: bool = False,
     files: Mapping[str, object] | None = None,
     address_key: str = "",
+    notify: NotifyOptions = NO_NOTIFY,
 ) -> Job:
     """Validates and saves a job, then hands it to a worker once the row is committed.
 
     `files` are the uploads of a kind's file parameters: each is saved under the job's
     upload directory before the row is written, and its params hold the stored path.
-    Raises UnknownKind or ParamsInvalid (both name the problem) before anything is saved.
+    `notify.email` asks for a mail when the job ends (jobs/services/notify.py).
+    Raises UnknownKind or ParamsInvalid (both name the problem; NotifyInvalid, a
+    ParamsInvalid, for a notify its owner may not ask for) before anything is saved.
     """
+    if notify.email:
+        notify_email_check(owner=owner)
     job_kind = kind_get(kind)
     cleaned = job_kind.validate(params, from_text=from_text, files=files)
     job_id = uuid.uuid4()
@@ -57,6 +70,7 @@ def job_create(
                 client_address=address_key,
                 kind=job_kind.name,
                 params=cleaned,
+                notify_email=notify.email,
                 seq=1,
                 created_at=now,
                 updated_at=now,
@@ -79,6 +93,7 @@ def job_submit(
     from_text: bool = False,
     files: Mapping[str, object] | None = None,
     client_address: str | None = None,
+    notify: NotifyOptions = NO_NOTIFY,
 ) -> Job:
     """`job_create` within the owner's quotas and its client address's (jobs/quotas.py),
     and the owner's storage quotas (jobs/storage_quota.py), counted in the same
@@ -88,8 +103,23 @@ def job_submit(
         job_quota_check(owner=owner, address_key=address_key)
         storage_quota_check(owner=owner)
         return job_create(
-            owner=owner, kind=kind, params=params, from_text=from_text, files=files, address_key=address_key
+            owner=owner,
+            kind=kind,
+            params=params,
+            from_text=from_text,
+            files=files,
+            address_key=address_key,
+            notify=notify,
         )
+
+
+def notify_email_check(*, owner: Owner) -> None:
+    """Raises NotifyInvalid unless `owner` is a signed-in user with an email address."""
+    if owner.user_id is None:
+        raise NotifyInvalid(ANONYMOUS_NOTIFY_MESSAGE)
+    email = get_user_model().objects.filter(pk=owner.user_id).values_list("email", flat=True).first()
+    if not email:
+        raise NotifyInvalid(NO_ADDRESS_NOTIFY_MESSAGE)
 
 
 def job_dispatch(*, job_id: uuid.UUID) -> bool:

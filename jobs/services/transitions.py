@@ -4,7 +4,8 @@ A change is one fenced compare-and-set, `UPDATE … SET seq = Greatest(seq + gap
 seq_above + 1) WHERE state IN (…) [AND …]`, whichever process makes it (worker, web,
 sweeper): of two writers racing for one row, the one that commits second finds it no
 longer matching and changes nothing. The change is published once its transaction
-commits, so nobody sees a state the database may still roll back.
+commits, so nobody sees a state the database may still roll back; so is an end's email,
+when its owner asked for one (jobs/services/notify.py).
 
 Seq rules (every frame's `seq` is above every seq already published for the job):
 - a change takes at least `seq_gap` above the row's seq, and above `seq_above`, the last
@@ -27,6 +28,7 @@ from django.db.models.functions import Greatest
 
 from jobs.models import Job, JobState
 from jobs.selectors import job_queue_position
+from jobs.services.notify import job_notify_on_commit
 from notifications.publish import publish_job_change
 
 SEQ_WINDOW = 1000  # how far a running worker's published seq may run ahead of its row
@@ -66,6 +68,7 @@ def job_transition(
             before_commit()
         job = Job.objects.get(pk=job_id)
     job_publish(job=job)
+    job_notify_on_commit(job=job)  # an end its owner asked to be emailed about
     return job
 
 

@@ -10,6 +10,8 @@ import { paramValue } from "./param-value.js";
 
 /** @typedef {import("./job.js").Job} Job */
 
+const FORM_FIELDS = new Set(["kind", "notify"]); // the form's own fields; others are the kind's parameters
+
 /** @param {HTMLFormElement} form */
 function clearErrors(form) {
   for (const node of form.querySelectorAll("[data-error-for], #form-error")) {
@@ -27,7 +29,7 @@ function clearErrors(form) {
 function showErrors(form, kind, errors) {
   const general = [];
   for (const [field, messages] of Object.entries(errors)) {
-    const name = field === "kind" ? "kind" : `${kind}-${field}`;
+    const name = FORM_FIELDS.has(field) ? field : `${kind}-${field}`;
     const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
     if (!slot) { general.push(field === "__all__" ? messages.join(" ") : `${field}: ${messages.join(" ")}`); continue; }
     slot.textContent = messages.join(" ");
@@ -76,6 +78,15 @@ function readParams(fieldset, kind) {
 }
 
 /**
+ * The `notify` field the form asks for: "Email me when it ends" is shown to signed-in
+ * users with an address only. @param {HTMLFormElement} form @returns {{email: boolean}|null}
+ */
+function readNotify(form) {
+  const box = form.elements.namedItem("notify_email");
+  return box instanceof HTMLInputElement && box.checked ? { email: true } : null;
+}
+
+/**
  * @param {HTMLFormElement} form
  * @param {(job: Job) => void} onStarted called with the new job the server answered
  */
@@ -104,7 +115,10 @@ export function setUpForm(form, onStarted) {
     if (button) button.disabled = true;
     if (status) status.textContent = fileInputs.length ? "Uploading…" : "Starting…";
     try {
-      const response = fileInputs.length ? await postUpload(kind, params, files) : await postJson("/api/jobs/", { kind, params });
+      const notify = readNotify(form);
+      const response = fileInputs.length
+        ? await postUpload(kind, params, files, notify)
+        : await postJson("/api/jobs/", notify ? { kind, params, notify } : { kind, params });
       const body = await response.json().catch(() => ({}));
       if (response.status === 201) {
         onStarted(body);

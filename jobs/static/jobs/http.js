@@ -39,12 +39,14 @@ export function postJson(url, body) {
  * kind, params (a JSON string) and one per file, as POST /api/jobs/ takes them. The
  * browser sets the Content-Type with its boundary.
  * @param {string} kind @param {Object<string, number|string>} params @param {Map<string, File>} files
+ * @param {{email: boolean}|null} [notify] the `notify` field, when asked for
  * @returns {Promise<Response>}
  */
-export function postUpload(kind, params, files) {
+export function postUpload(kind, params, files, notify = null) {
   const body = new FormData();
   body.append("kind", kind);
   body.append("params", JSON.stringify(params));
+  if (notify) body.append("notify", JSON.stringify(notify));
   for (const [name, file] of files) body.append(name, file, file.name);
   return fetch("/api/jobs/", {
     method: "POST",
