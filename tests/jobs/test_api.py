@@ -87,6 +87,11 @@ BAD_INPUTS: list[tuple[str, str | bytes, str, int, str]] = [
     ("params-null", json.dumps({"kind": "primes", "params": None}), JSON, 400, "params"),
     ("unknown-parameter", with_param("primes", "colour", 1), JSON, 400, "colour"),
     ("extra-top-level-field", json.dumps({"kind": "primes", "priority": 9}), JSON, 400, "priority"),
+    # notify (an email when the job ends): strict, and for signed-in users only (these run anonymous).
+    ("notify-email-1", json.dumps({"kind": "sleep", "notify": {"email": 1}}), JSON, 400, "notify"),
+    ("notify-string", json.dumps({"kind": "sleep", "notify": "yes"}), JSON, 400, "notify"),
+    ("notify-unknown-key", json.dumps({"kind": "sleep", "notify": {"email": False, "sms": True}}), JSON, 400, "notify"),
+    ("notify-anonymous", json.dumps({"kind": "sleep", "notify": {"email": True}}), JSON, 400, "notify"),
     ("steps-0", with_param("sleep", "steps", 0), JSON, 400, "steps"),
     ("steps-1001", with_param("sleep", "steps", 1001), JSON, 400, "steps"),
     ("steps-string", with_param("sleep", "steps", "5"), JSON, 400, "steps"),
