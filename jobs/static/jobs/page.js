@@ -2,10 +2,11 @@
  * The entry module of `/` (the form and my jobs) and `/jobs/<id>/` (one job): the
  * only module of these pages that does anything when loaded. It draws the jobs the
  * page came with, then every newer state any transport brings, and wires the form,
- * the cancel and "Run again" buttons, the elapsed clock and the re-reads of silent jobs; on a detail
+ * the cancel and "Run again" buttons, the "Notify me" control, the elapsed clock and the re-reads of silent jobs; on a detail
  * page, the job's log panel and what feeds it.
  */
 
+import { createDesktopNotifier } from "./desktop-notifications.js";
 import { setUpForm } from "./form.js";
 import { formatEta, formatRate, ordinal } from "./format.js";
 import { errorMessage, getJson, postJson } from "./http.js";
@@ -33,6 +34,7 @@ const cancelling = new Set();
 const retrying = new Set();
 const announceEnd = createEndAnnouncer(document, window);
 const showProblem = createProblemToaster(document, window);
+const desktop = createDesktopNotifier(document, window); // "Notify me": a hidden tab hears of an end
 const logRoot = jobId ? document.querySelector("[data-log-panel]") : null;
 const logPanel = jobId && logRoot instanceof HTMLElement ? createLogPanel(logRoot, { jobId, target: lineFromHash(location.hash) }) : null;
 const logFeed = jobId && logPanel
@@ -75,6 +77,7 @@ function apply(job) {
   }
   if (before && !isTerminal(before.state) && isTerminal(job.state)) {
     announceEnd(job);
+    desktop.announce(job, before);
     // A socket brings every line before the end; SSE after a reconnect and polling may not have.
     if (stream.transport !== "ws") catchUpLog();
   }
@@ -190,6 +193,7 @@ function start() {
   const form = document.getElementById("job-form");
   if (form instanceof HTMLFormElement) setUpForm(form, apply);
   document.addEventListener("click", onClick);
+  for (const control of document.querySelectorAll("[data-notify]")) desktop.bind(control);
 
   /** @type {Job[]} */
   const initial = jobId ? [readJson("initial-job")].filter(Boolean) : (readJson("initial-jobs") ?? []).slice().reverse();
