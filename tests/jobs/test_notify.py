@@ -1,4 +1,4 @@
-""" "Email me when it ends": the `notify` field, and the mail reaching a real SMTP server
+"""The "Email me when it ends" option: the `notify` field, and the mail reaching a real SMTP server
 (aiosmtpd on loopback, tests/smtp.py) from the real Celery worker, once per job."""
 
 from __future__ import annotations
