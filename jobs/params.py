@@ -288,13 +288,10 @@ class StringParam(ValueParam):
         if kind == "json_invalid":
             return f"Must be {self.type_text} of valid Unicode (a lone surrogate is not)."
         if kind == "value_error" and self.format == "email":
-            reason = str(error["ctx"]["error"]).removeprefix("value is not a valid email address: ")
-            return f"Must be an email address: {reason}"
+            return f"Must be an email address: {error.get('ctx', {}).get('reason', 'this is not one.')}"
         if kind == "value_error":
-            return str(error["ctx"]["error"])
-        if kind == "date_parsing":
-            return f"Must be {self.type_text} ({error['ctx']['error']})."
-        if kind == "url_parsing":
+            return str(error.get("ctx", {}).get("error", error["msg"]))
+        if kind in ("date_parsing", "url_parsing") and "error" in error.get("ctx", {}):
             return f"Must be {self.type_text} ({error['ctx']['error']})."
         return f"Must be {self.type_text}."
 

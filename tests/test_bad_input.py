@@ -298,6 +298,17 @@ FORM_CASES = [
     ),
     FormCase("form-limit-1e400", (("kind", "primes"), ("primes-limit", "1e400")), "primes-limit", "integer"),
     FormCase("form-unknown-kind", (("kind", "nope"),), "kind", "valid choice"),
+    FormCase("form-format-xml", (("kind", "report"), ("report-format", "xml")), "report-format", "csv, jsonl"),
+    FormCase("form-region-digits", (("kind", "report"), ("report-region", "N0rth")), "report-region", "letters"),
+    FormCase("form-since-bad-date", (("kind", "report"), ("report-since", "2026-02-30")), "report-since", "YYYY-MM-DD"),
+    FormCase(
+        (("kind", "report"), ("report-include_refunds", "maybe")),
+        "report-include_refunds",
+        "true or false",
+    ),
+    FormCase(
+        "form-email-bad", (("kind", "report"), ("report-prepared_for", "ana@")), "report-prepared_for", "email address"
+    ),
 ]
 
 CANCEL = json.dumps({"type": "cancel"})
