@@ -302,11 +302,6 @@ FORM_CASES = [
     FormCase("form-region-digits", (("kind", "report"), ("report-region", "N0rth")), "report-region", "letters"),
     FormCase("form-since-bad-date", (("kind", "report"), ("report-since", "2026-02-30")), "report-since", "YYYY-MM-DD"),
     FormCase(
-        (("kind", "report"), ("report-include_refunds", "maybe")),
-        "report-include_refunds",
-        "true or false",
-    ),
-    FormCase(
         "form-email-bad", (("kind", "report"), ("report-prepared_for", "ana@")), "report-prepared_for", "email address"
     ),
 ]
