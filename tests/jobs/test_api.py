@@ -213,7 +213,7 @@ def test_create_job_fills_in_parameter_defaults(client: Client) -> None:
         "fail_at_step": 3,
     }
     assert create(client, {"kind": "primes", "params": {}})["params"] == {"limit": 5_000_000}
-    assert create(client, {"kind": "report"})["params"] == {"rows": 100_000}
+    assert create(client, {"kind": "report"})["params"] == {"rows": 100_000, "format": "csv", "include_refunds": False}
 
 
 @pytest.mark.django_db
