@@ -435,7 +435,7 @@ def test_malformed_multipart_answers_400_json_naming_the_body(client: Client, co
 def test_openapi_documents_the_multipart_body(client: Client) -> None:
     content = client.get("/api/openapi.json").json()["paths"]["/api/jobs/"]["post"]["requestBody"]["content"]
     schema = content["multipart/form-data"]["schema"]
-    assert set(schema["properties"]) == {"kind", "params", "file"}
+    assert set(schema["properties"]) == {"kind", "params", "file", "notify"}
     assert schema["properties"]["file"]["format"] == "binary"
 
 

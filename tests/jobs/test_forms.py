@@ -133,7 +133,7 @@ def test_posted_job_belongs_to_the_visitor() -> None:
     client, token = csrf_client()
     client.post("/", all_fields(csrfmiddlewaretoken=token, kind="report"))
     job = Job.objects.get()
-    assert job.params == {"rows": 100_000}
+    assert job.params == {"rows": 100_000, "format": "csv", "include_refunds": False}
     assert client.get(f"/api/jobs/{job.id}/").status_code == 200
     assert Client().get(f"/api/jobs/{job.id}/").status_code == 404
 
