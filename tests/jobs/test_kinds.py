@@ -4,8 +4,10 @@ directly with a real reporter (jobs.progress.Progress) whose emit records what i
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +364,93 @@ def test_report_on_its_default_rows_logs_a_few_lines(tmp_path: Path) -> None:
     log = LogLines()
     run_report(reporter(tmp_path, log)[0], **kind_get("report").validate({}))
     assert len(log.lines) == 4  # the start, two chunks of 50,000 rows, the end
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_report_as_jsonl_writes_one_object_per_order_with_the_csv_columns(tmp_path: Path) -> None:
+    run_report(reporter(tmp_path / "csv")[0], rows=30)
+    report, _ = reporter(tmp_path / "jsonl")
+    result = run_report(report, rows=30, format="jsonl")
+
+    assert report.result_files == [tmp_path / "jsonl" / "sales-report.jsonl"]
+    orders = read_jsonl(tmp_path / "jsonl" / "sales-report.jsonl")
+    assert [order["order_id"] for order in orders] == list(range(1, 31))
+    assert all(list(order) == list(builtin_kinds.REPORT_COLUMNS) for order in orders)
+    with (tmp_path / "csv" / "sales-report.csv").open(newline="") as handle:
+        as_csv = list(csv.DictReader(handle))
+    assert [(o["date"], o["region"], o["product"], o["quantity"]) for o in orders] == [
+        (row["date"], row["region"], row["product"], int(row["quantity"])) for row in as_csv
+    ]  # the same orders, only written otherwise
+    assert result["format"] == "jsonl" and result["rows"] == 30 and "drawn" not in result
+
+
+def test_report_region_keeps_only_that_regions_orders_whatever_its_case(tmp_path: Path) -> None:
+    everything, _ = reporter(tmp_path / "all")
+    run_report(everything, rows=400, format="jsonl")
+    north = [o for o in read_jsonl(tmp_path / "all" / "sales-report.jsonl") if o["region"] == "North"]
+
+    report, recorder = reporter(tmp_path / "north")
+    result = run_report(report, rows=400, format="jsonl", region=" north ")
+
+    kept = read_jsonl(tmp_path / "north" / "sales-report.jsonl")
+    assert kept == north and 0 < len(kept) < 400
+    assert result["rows"] == len(kept) and result["drawn"] == 400
+    assert result["revenue"] == pytest.approx(sum(o["total"] for o in kept), abs=0.01)
+    assert recorder.updates[-1].message == f"drew 400 of 400 orders, {len(kept)} kept"
+
+
+def test_report_since_keeps_the_orders_on_and_after_that_day(tmp_path: Path) -> None:
+    report, _ = reporter(tmp_path)
+    result = run_report(report, rows=300, format="jsonl", since=date(2026, 7, 1))
+
+    kept = read_jsonl(tmp_path / "sales-report.jsonl")
+    assert kept and all(o["date"] >= "2026-07-01" for o in kept)
+    assert result["rows"] == len(kept) < 300
+
+
+def test_report_include_refunds_makes_some_orders_negative_and_none_without_it(tmp_path: Path) -> None:
+    run_report(reporter(tmp_path / "plain")[0], rows=500, format="jsonl")
+    result = run_report(reporter(tmp_path / "refunds")[0], rows=500, format="jsonl", include_refunds=True)
+
+    assert all(o["quantity"] > 0 for o in read_jsonl(tmp_path / "plain" / "sales-report.jsonl"))
+    refunds = [o for o in read_jsonl(tmp_path / "refunds" / "sales-report.jsonl") if o["quantity"] < 0]
+    assert 0 < len(refunds) < 100  # about one in 20
+    assert all(o["total"] < 0 for o in refunds)
+    assert result["rows"] == 500
+
+
+def test_report_names_who_it_was_prepared_for_in_the_result_and_the_log(tmp_path: Path) -> None:
+    log = LogLines()
+    result = run_report(
+        reporter(tmp_path, log)[0], rows=10, region="West", include_refunds=True, prepared_for="ana@example.com"
+    )
+    assert result["prepared_for"] == "ana@example.com"
+    assert log.texts[0] == (
+        "drawing 10 orders into sales-report.csv, keeping those of region West, refunds included,"
+        " prepared for ana@example.com"
+    )
+
+
+def test_report_whose_filters_keep_nothing_warns_and_writes_only_the_header(tmp_path: Path) -> None:
+    log = LogLines()
+    result = run_report(reporter(tmp_path, log)[0], rows=50, region="Atlantis", since=date(2026, 3, 1))
+
+    assert (tmp_path / "sales-report.csv").read_text().splitlines() == [",".join(builtin_kinds.REPORT_COLUMNS)]
+    assert result["rows"] == 0 and result["drawn"] == 50
+    assert log.at("warning") == ["no order is of region Atlantis and since 2026-03-01: the file has no rows"]
+
+
+def test_report_takes_the_arguments_its_validated_parameters_give(tmp_path: Path) -> None:
+    kind = kind_get("report")
+    params = kind.validate({"rows": 40, "format": "jsonl", "region": "East", "since": "2026-02-01"})
+    arguments = kind.arguments(params)
+    assert arguments["since"] == date(2026, 2, 1)
+    result = run_report(reporter(tmp_path)[0], **arguments)
+    kept = read_jsonl(tmp_path / "sales-report.jsonl")
+    assert result["rows"] == len(kept) and all(o["region"] == "East" and o["date"] >= "2026-02-01" for o in kept)
 
 
 # --- sleep -----------------------------------------------------------------------
