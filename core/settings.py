@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
 
 from core.email_url import email_settings_from_url, site_url_check
+from core.redis_topology import redis_topology_from_env
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -212,7 +214,14 @@ USE_TZ = True
 
 # --- Redis, channel layer, Celery ------------------------------------------------
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Where Redis is (core/redis_topology.py): REDIS_URL alone; CHANNEL_REDIS_URLS, shards
+# of the channel layer; or REDIS_SENTINELS (with REDIS_SENTINEL_MASTER, REDIS_PASSWORD,
+# REDIS_SENTINEL_PASSWORD, REDIS_DB), a Sentinel-managed master for every use of Redis.
+REDIS_TOPOLOGY = redis_topology_from_env(os.environ)
+REDIS_URL = REDIS_TOPOLOGY.redis_url
+# The Redis of what does not shard (socket quotas, health), as a channels-redis host:
+# {"address": REDIS_URL}, or the Sentinel master.
+REDIS_HOST = REDIS_TOPOLOGY.main_host()
 
 
 CHANNEL_LAYER_BACKENDS = {
@@ -226,31 +235,36 @@ CHANNEL_LAYER_BACKENDS = {
 CHANNEL_LAYER = os.environ.get("CHANNEL_LAYER", "pubsub")
 
 
-def channel_layers_for(redis_url: str, backend: str = CHANNEL_LAYER) -> dict[str, dict[str, object]]:
-    """The channel layer config for a Redis URL (the tests point it at their own Redis)."""
+def channel_layers_for(
+    redis: str | Sequence[str | Mapping[str, object]], backend: str = CHANNEL_LAYER
+) -> dict[str, dict[str, object]]:
+    """The channel layer config for a Redis URL, or for shards: URLs and channels-redis
+    host dicts, in shard order (the tests point it at their own Redis)."""
     if backend not in CHANNEL_LAYER_BACKENDS:
         raise RuntimeError(f"CHANNEL_LAYER must be one of {', '.join(CHANNEL_LAYER_BACKENDS)}, not {backend!r}.")
-    return {
-        "default": {
-            "BACKEND": CHANNEL_LAYER_BACKENDS[backend],
-            "CONFIG": {"hosts": [{"address": redis_url}]},
-        }
-    }
+    shards: list[str | Mapping[str, object]] = [redis] if isinstance(redis, str) else list(redis)
+    hosts: list[dict[str, object]] = [{"address": s} if isinstance(s, str) else dict(s) for s in shards]
+    return {"default": {"BACKEND": CHANNEL_LAYER_BACKENDS[backend], "CONFIG": {"hosts": hosts}}}
 
 
-CHANNEL_LAYERS = channel_layers_for(REDIS_URL)
+CHANNEL_LAYERS = channel_layers_for(REDIS_TOPOLOGY.channel_hosts())
 
 # The longest hard time limit of any kind is 2 h (jobs/kinds.py); a Redis broker
 # redelivers an unacknowledged task only after visibility_timeout, so it must exceed
 # that or a long job runs twice.
 LONGEST_HARD_TIME_LIMIT = 2 * 60 * 60
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
-CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", REDIS_URL)
+# Each follows the Sentinels when REDIS_SENTINELS is set, unless set explicitly.
+_broker = REDIS_TOPOLOGY.celery(os.environ.get("CELERY_BROKER_URL"))
+_results = REDIS_TOPOLOGY.celery(os.environ.get("CELERY_RESULT_BACKEND"))
+CELERY_BROKER_URL = _broker.url
+CELERY_RESULT_BACKEND = _results.url
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = _results.transport_options
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": LONGEST_HARD_TIME_LIMIT + 600,
     # Without it kombu waits for the OS (minutes) to give up on an unreachable broker; a
     # submit must answer at once, and the sweeper sends what could not go (jobs/services/submit.py).
     "socket_connect_timeout": 3,
+    **_broker.transport_options,
 }
 CELERY_RESULT_EXPIRES = 24 * 60 * 60
 # One result backend per worker process, not one per thread: Celery otherwise builds one
