@@ -1,4 +1,4 @@
-"""`/healthz`: the database, the channel layer's Redis, the broker and a worker.
+"""`/healthz`: the database, Redis (every channel-layer shard and the main Redis), the broker and a worker.
 
 200 with each check's result, or 503 naming the checks that failed:
 
@@ -29,6 +29,7 @@ from functools import partial
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
@@ -82,12 +83,14 @@ def _redis_pool(host: dict[str, Any]) -> redis.ConnectionPool:
         return pool
 
 
-def check_channel_layer() -> None:
-    """Every Redis host of the channel layer (one per shard) answers PING."""
+def check_redis() -> None:
+    """Every Redis host of the channel layer (one per shard, or the Sentinel master) and
+    the main Redis (settings.REDIS_HOST: the socket quotas) answer PING."""
     hosts = configured_hosts()
     if not hosts:
         raise CheckFailed("CHANNEL_LAYERS has no default layer with hosts")
-    for host in hosts:
+    main: dict[str, Any] = dict(settings.REDIS_HOST)
+    for host in hosts if main in hosts else [*hosts, main]:
         redis.Redis(connection_pool=_redis_pool(host)).ping()
 
 
@@ -136,7 +139,7 @@ def run_broker_then_worker() -> Report:
 # What runs side by side: each chain's check names, its function, its deadline in seconds.
 CHAINS: tuple[tuple[tuple[str, ...], Callable[[], Report], float], ...] = (
     (("database",), partial(run_named, "database", check_database), CHECK_DEADLINE),
-    (("redis",), partial(run_named, "redis", check_channel_layer), CHECK_DEADLINE),
+    (("redis",), partial(run_named, "redis", check_redis), CHECK_DEADLINE),
     (("broker", "worker"), run_broker_then_worker, 2 * CHECK_DEADLINE),
 )
 

@@ -81,6 +81,7 @@ class ShardWriter:
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self.connection = pool.make_connection()
         self.connection.register_connect_callback(self._replies_off)
+        self._connected = False
 
     def _replies_off(self, connection: Any) -> None:
         connection.send_packed_command([self.REPLY_OFF], check_health=False)
@@ -88,10 +89,17 @@ class ShardWriter:
     def send(self, packed: bytes) -> None:
         for attempt in (1, 2):
             try:
+                if not self._connected:
+                    # connect() first: a write on a connection not yet open connects to
+                    # the pool's address without asking a Sentinel which Redis is the
+                    # master (redis-py's SentinelManagedConnection overrides connect() only).
+                    self.connection.connect()
+                    self._connected = True
                 self.connection.send_packed_command([packed], check_health=False)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self.connection.disconnect()
+                self._connected = False
                 if attempt == 2:
                     raise
 

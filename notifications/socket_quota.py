@@ -4,7 +4,8 @@ every daphne process in Redis. A stream takes an owner slot and an address slot
 (`stream_slots_acquire`), or neither.
 
 Each owner has a sorted set `jobstream.sockets.<owner key>` (each address
-`jobstream.sockets.ip.<address>`) in the Redis at REDIS_URL:
+`jobstream.sockets.ip.<address>`) in the main Redis (settings.REDIS_HOST: the one at
+REDIS_URL, or the Sentinel master; never a channel-layer shard):
 one member per open socket (its channel name), scored with the time it expires. Taking
 a slot and counting happen in one Lua script, on Redis' clock, so two daphne processes
 cannot both take the last slot and their clocks need not agree. Each process refreshes
@@ -22,6 +23,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from channels_redis.utils import create_pool
 from django.conf import settings
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
@@ -85,7 +87,7 @@ async def socket_slot_acquire(*, owner: Owner | None, socket_id: str) -> bool:
 
 async def socket_slot_release(*, owner: Owner | None, socket_id: str) -> None:
     """Gives the socket's slot back; nothing when it holds none."""
-    slots = _BY_LOOP.get((asyncio.get_running_loop(), settings.REDIS_URL))
+    slots = _BY_LOOP.get(_loop_key())
     if owner is not None and slots is not None:
         await slots.release(socket_slots_key(owner.key), socket_id)
 
@@ -115,7 +117,7 @@ async def stream_slots_acquire(*, owner: Owner | None, address: str, stream_id: 
 async def stream_slots_release(*, owner: Owner | None, address: str, stream_id: str) -> None:
     """Gives back what `stream_slots_acquire` took; nothing for what the stream holds not."""
     await socket_slot_release(owner=owner, socket_id=stream_id)
-    slots = _BY_LOOP.get((asyncio.get_running_loop(), settings.REDIS_URL))
+    slots = _BY_LOOP.get(_loop_key())
     if slots is not None:
         await slots.release(address_slots_key(address), stream_id)
 
@@ -184,17 +186,25 @@ def _ttl_ms() -> int:
     return int(SLOT_TTL * 1000)
 
 
-# (loop, REDIS_URL) -> slots; a closed loop's entry goes at the next lookup.
+# (loop, REDIS_HOST) -> slots; a closed loop's entry goes at the next lookup.
 _BY_LOOP: dict[tuple[asyncio.AbstractEventLoop, str], _LoopSlots] = {}
 
 
+def _loop_key() -> tuple[asyncio.AbstractEventLoop, str]:
+    # The settings may change (tests): another host, other slots.
+    return asyncio.get_running_loop(), repr(sorted(settings.REDIS_HOST.items()))
+
+
 def _slots() -> _LoopSlots:
-    loop = asyncio.get_running_loop()
-    key = (loop, settings.REDIS_URL)
+    key = _loop_key()
     slots = _BY_LOOP.get(key)
     if slots is None:
         for stale in [entry for entry in _BY_LOOP if entry[0].is_closed()]:
             del _BY_LOOP[stale]
-        client = aioredis.Redis.from_url(key[1], socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT)
-        slots = _BY_LOOP[key] = _LoopSlots(client)
+        # A URL or a Sentinel master, as the channel layer takes a host; the quota's own
+        # timeouts win, so a Redis gone quiet lets a socket in after REDIS_TIMEOUT.
+        pool = create_pool(
+            {**settings.REDIS_HOST, "socket_connect_timeout": REDIS_TIMEOUT, "socket_timeout": REDIS_TIMEOUT}
+        )
+        slots = _BY_LOOP[key] = _LoopSlots(aioredis.Redis(connection_pool=pool))
     return slots

@@ -59,6 +59,7 @@ def _point_at_test_redis(redis_server: RedisProcess, media_root: Path) -> Iterat
     url = redis_server.url
     override = override_settings(
         REDIS_URL=url,
+        REDIS_HOST={"address": url},
         CHANNEL_LAYERS=channel_layers_for(url),
         CELERY_BROKER_URL=url,
         CELERY_RESULT_BACKEND=url,

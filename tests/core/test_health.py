@@ -27,7 +27,7 @@ from django.contrib.auth import get_user_model
 from django.test import AsyncClient, Client, override_settings
 
 from core.daphne_limits import daphne_command
-from core.health import CACHE_SECONDS, CHECK_NAMES, CHECK_TIMEOUT, GENERIC_ERROR, shared_report
+from core.health import CACHE_SECONDS, CHECK_NAMES, CHECK_TIMEOUT, GENERIC_ERROR, check_redis, run_check, shared_report
 from core.redis_local import RedisProcess, free_port, start_redis
 from core.settings import channel_layers_for
 from tests.processes import stop_process
@@ -112,6 +112,49 @@ async def test_concurrent_calls_share_one_run_of_the_checks(redis_server: RedisP
         assert 2 <= counters.pings() - pings < 20
     finally:
         counters.close()
+
+
+# --- the redis check: every shard and the main Redis ------------------------------------
+
+
+@pytest.fixture
+def second_redis() -> Iterator[RedisProcess]:
+    started = start_redis()
+    yield started
+    started.stop()
+
+
+def test_the_redis_check_pings_every_shard_and_the_main_redis(
+    redis_server: RedisProcess, second_redis: RedisProcess
+) -> None:
+    main = start_redis()
+    counters = [RedisCounters(url) for url in (redis_server.url, second_redis.url, main.url)]
+    try:
+        before = [c.pings() for c in counters]
+        layers = channel_layers_for([redis_server.url, second_redis.url])
+        with override_settings(CHANNEL_LAYERS=layers, REDIS_HOST={"address": main.url}):
+            assert run_check(check_redis)["ok"]
+        assert [c.pings() - b for c, b in zip(counters, before, strict=True)][1:] == [1, 1]
+        assert counters[0].pings() > before[0]  # the session's Redis: other clients PING it too
+    finally:
+        for c in counters:
+            c.close()
+        main.stop()
+
+
+def test_the_redis_check_fails_when_one_shard_is_down(redis_server: RedisProcess) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(CHANNEL_LAYERS=channel_layers_for([redis_server.url, dead])):
+        result = run_check(check_redis)
+    assert not result["ok"]
+    assert str(result["error"]).startswith("ConnectionError")
+
+
+def test_the_redis_check_fails_when_the_main_redis_is_down(redis_server: RedisProcess) -> None:
+    dead = {"address": f"redis://127.0.0.1:{free_port()}/0"}  # the socket quotas' Redis
+    with override_settings(CHANNEL_LAYERS=channel_layers_for(redis_server.url), REDIS_HOST=dead):
+        result = run_check(check_redis)
+    assert not result["ok"]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -607,7 +607,7 @@ async def test_sockets_are_let_in_when_the_quota_redis_is_unreachable(socket_quo
     from core.redis_local import free_port
 
     _, key = await anonymous_session()
-    with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens there
+    with override_settings(REDIS_HOST={"address": f"redis://127.0.0.1:{free_port()}/0"}):  # nothing listens there
         sockets = [await open_socket("/ws/jobs/", key) for _ in range(3)]
         assert [await admitted(socket) for socket in sockets] == [True] * 3
         for socket in sockets:

@@ -145,7 +145,10 @@ def test_cancel_signals_share_one_connection_for_the_process(redis_client: Any) 
 
 
 def test_the_cancel_signal_goes_through_the_channel_layers_redis_not_redis_url(redis_server: Any) -> None:
-    with override_settings(REDIS_URL="redis://127.0.0.1:1/0", CHANNEL_LAYERS=channel_layers_for(redis_server.url)):
+    dead = {"address": "redis://127.0.0.1:1/0"}
+    with override_settings(
+        REDIS_URL=dead["address"], REDIS_HOST=dead, CHANNEL_LAYERS=channel_layers_for(redis_server.url)
+    ):
         own = Publisher()
         job_id = str(uuid.uuid4())
         heard = threading.Event()
