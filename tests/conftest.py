@@ -23,6 +23,7 @@ from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port, start_redis
 from tests.environment import TEST_SECRET_KEY
 from tests.processes import stop_process
+from tests.sentinel import SentinelSet
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,16 @@ def _end_other_sessions_on_the_test_database() -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture
+def sentinel_set() -> Iterator[SentinelSet]:
+    """A master, a replica and three sentinels of its own (tests/sentinel.py): a test may kill the master."""
+    started = SentinelSet().start()
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture
