@@ -302,6 +302,13 @@ def test_jobs_sockets_and_pages_survive_a_sentinel_failover(stack: Stack, browse
             if answer.status == 503:
                 assert answer.retry_after and answer.retry_after.isdigit(), answer
 
+        # A socket opened after the promotion joins its groups on the new master and goes live.
+        late = SocketWatch(
+            "socket opened after the promotion",
+            opened(sockets, open_socket(daphne, f"/ws/jobs/{long_ids[0]}/", sessionid)),
+        )
+        watchers.append(late.start())
+
         # --- the job that ended during the failover, on every socket and page ---
         shown: dict[str, float] = {}
 
@@ -326,6 +333,20 @@ def test_jobs_sockets_and_pages_survive_a_sentinel_failover(stack: Stack, browse
         missing = {w.name for w in ending_watchers} | {p.name for p in pages}
         assert not missing - set(shown), f"never showed {truth.state}: {missing - set(shown)}"
         last = max(shown.values())
+
+        # --- health: every check passes again (the worker's through the broker) ---
+        health: list[int] = []
+        failing: dict[str, float] = {}  # check -> when last seen failing
+
+        def healthy() -> bool:
+            response = client.get(f"{daphne.url}/healthz")
+            health.append(response.status_code)
+            if response.status_code == 503:
+                failing.update(dict.fromkeys(response.json()["failed"], time.monotonic() - killed))
+            return health[-1] == 200
+
+        healthy_again = wait_until(healthy, timeout=promoted - time.monotonic() + SETTLE_AFTER_PROMOTION, interval=0.2)
+        healthy_at = time.monotonic()
 
         # --- no job lost or stuck ---
         submitted = [s.job_id for s in during if s.job_id]
@@ -354,9 +375,14 @@ def test_jobs_sockets_and_pages_survive_a_sentinel_failover(stack: Stack, browse
                 + (f", its job ended at {end:.2f}" if end is not None else "")
                 for s, end in zip(during, submitted_ended, strict=True)
             )
+            + f"\n  /healthz 200 again: {healthy_at - killed:.2f}"
+            + ("" if healthy_again else f" (NOT: {health[-3:]})")
+            + "".join(f"\n    {check} failing until {at:.2f}" for check, at in failing.items())
             + f"\n  every job ended: {settled - killed:.2f}"
             + ("" if all_done else " (NOT within the bound)")
         )
+        assert healthy_again, f"/healthz still {health[-1]} {SETTLE_AFTER_PROMOTION:.0f} s after the promotion"
+        assert 500 not in health, health
         assert all_done, f"jobs lost or stuck {SETTLE_AFTER_PROMOTION:.0f} s after the promotion: {states}"
         assert all(states[job_id] == "succeeded" for job_id in long_ids), states
         assert all(state == "succeeded" for state in states.values()), states
@@ -366,6 +392,7 @@ def test_jobs_sockets_and_pages_survive_a_sentinel_failover(stack: Stack, browse
         def long_jobs_shown() -> bool:
             return all(watch.state(job_id) == "succeeded" for watch, job_id in followed)
 
+        assert late.state(long_ids[0]) is not None, "the socket opened after the promotion got nothing"
         # The long jobs' end, after the failover, reached every socket that follows them.
         assert wait_until(long_jobs_shown, timeout=5), [(w.name, w.state(j)) for w, j in followed]
     finally:
