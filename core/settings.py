@@ -10,17 +10,20 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import dj_database_url
 from celery.schedules import crontab
 
 from core.email_url import email_settings_from_url, site_url_check
+from core.metrics_settings import metrics_address, metrics_port, metrics_token, multiprocess_dir
 from core.redis_topology import redis_topology_from_env
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -340,6 +343,28 @@ PROGRESS_MAX_RATE = float(os.environ.get("PROGRESS_MAX_RATE", "10"))  # frames/s
 JOBSTREAM_PUBLISHER = os.environ.get("JOBSTREAM_PUBLISHER", "")
 FLOWER_URL = os.environ.get("FLOWER_URL", "http://127.0.0.1:5555/flower/")
 JOB_LIST_PAGE_SIZE = 20
+
+
+# --- Metrics (docs/deploy.md#metrics) -------------------------------------------------
+# /metrics answers users with jobs.view_metrics, and a scraper sending
+# `Authorization: Bearer $METRICS_TOKEN` (unset: no token is accepted). A worker host
+# serves its workers' figures on WORKER_METRICS_PORT (unset: off); with the prefork pool
+# its children write them to PROMETHEUS_MULTIPROC_DIR (core/worker_metrics.py).
+def env_parsed(name: str, parse: Callable[[str], T]) -> T:
+    """`parse` of the variable's value ("" when unset); its ValueError stops start-up naming the variable."""
+    try:
+        return parse(os.environ.get(name, ""))
+    except ValueError as exc:
+        raise RuntimeError(f"{name} {exc}.") from None
+
+
+METRICS_TOKEN = env_parsed("METRICS_TOKEN", metrics_token)
+WORKER_METRICS_PORT = env_parsed("WORKER_METRICS_PORT", metrics_port)
+WORKER_METRICS_ADDRESS = env_parsed("WORKER_METRICS_ADDRESS", metrics_address)
+try:
+    PROMETHEUS_MULTIPROC_DIR = multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+except ValueError as exc:
+    raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR {exc}.") from None
 
 # --- Mail (docs/contract.md#email) --------------------------------------------------
 # EMAIL_URL names the server (core/email_url.py): smtp://user:pass@host:587/?tls=true,

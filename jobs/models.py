@@ -100,6 +100,7 @@ class Job(models.Model):
         permissions = [
             ("view_all_jobs", "Can see every job, its traceback and result file, and the live view"),
             ("bypass_quotas", "Can start jobs and open streams past the quotas"),
+            ("view_metrics", "Can read the Prometheus figures at /metrics"),
         ]
 
     def __str__(self) -> str:
