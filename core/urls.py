@@ -8,6 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from core.api_errors import errors_response
 from core.health import healthz
+from core.metrics import metrics
 from jobs import views
 from jobs.api import api
 from notifications.sse import job_events
@@ -26,6 +27,7 @@ urlpatterns = [
     path("api/", api.urls),
     re_path(r"^api/", api_not_found),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
