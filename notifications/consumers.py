@@ -43,6 +43,7 @@ from notifications.messages import LayerJobMessage, LayerLogMessage, LayerSessio
 from notifications.sessions import session_group_of
 from notifications.socket_db import socket_db
 from notifications.socket_quota import stream_slots_acquire, stream_slots_release
+from notifications.stream_metrics import JOB_SOCKET, OWNER_SOCKET, STAFF_SOCKET, STREAMS
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class JobStreamConsumer(FastPathConsumer):
 
     owner: Owner | None
     follow: Follow | None
+    stream_path: str  # its route in jobstream_sockets_open (notifications/stream_metrics.py)
+    counted = False  # in jobstream_sockets_open, from the accept until it leaves
 
     async def connect(self) -> None:
         self.tokens = float(FLOOD_BURST)
@@ -86,6 +89,8 @@ class JobStreamConsumer(FastPathConsumer):
         # Accept first: a close before accept reaches browsers as a failed handshake
         # with no code, and the client could not tell "not found" from "try again".
         await self.accept()
+        STREAMS.opened(self.stream_path)
+        self.counted = True
         self.send_past_session_middleware()
         self.daphne_protocol: Any = daphne_protocol(self.base_send)  # None unless daphne serves the socket
         if not has_session_cookie(self.scope):  # refused before any database or Redis trip
@@ -137,6 +142,8 @@ class JobStreamConsumer(FastPathConsumer):
             if self.session_group is not None:
                 await self.channel_layer.group_discard(self.session_group, self.channel_name)
         finally:
+            if self.counted:
+                STREAMS.closed(self.stream_path)
             await stream_slots_release(owner=self.owner, address=self.address, stream_id=self.channel_name)
 
     async def session_end(self, message: LayerSessionEndMessage) -> None:
@@ -154,9 +161,11 @@ class JobStreamConsumer(FastPathConsumer):
         protocol = self.daphne_protocol
         if protocol is not None:
             if write_frame(protocol, FRAMES.frame_of(message)):
+                STREAMS.pushed(message)
                 return None
             if not is_open(protocol):  # closing: the frame would only raise
                 return None
+        STREAMS.pushed(message)
         return self.send(text_data=message["text"])
 
     async def send_error(self, message: str) -> None:
@@ -213,6 +222,7 @@ class JobStreamConsumer(FastPathConsumer):
 class JobConsumer(JobStreamConsumer):
     """`/ws/jobs/<id>/`: the job's state now, then each change; closes after the end."""
 
+    stream_path = JOB_SOCKET
     job_id: str
     log_after: int  # the `log_after` of the socket's URL: its backfill starts above it
     log_tail: LogPage  # the backfill, read with the snapshot
@@ -242,6 +252,7 @@ class JobConsumer(JobStreamConsumer):
             return
         self.follow.shown([payload])
         await self.send(text_data=job_frame_text(payload))
+        STREAMS.sent()
         if log_after_problem is not None:
             await self.send_error(log_after_problem)
         await self.send_backfill()
@@ -259,6 +270,7 @@ class JobConsumer(JobStreamConsumer):
         tail = self.log_tail
         for lines in frame_chunks(tail["lines"]):
             await self.send(text_data=log_frame_text(lines, total=tail["total"], dropped=tail["dropped"]))
+            STREAMS.sent()
         self.follow.shows_log(self.log_after, tail["lines"])
 
     def send_log_frame(self, message: LayerLogMessage) -> Awaitable[None] | None:
@@ -295,6 +307,8 @@ class JobConsumer(JobStreamConsumer):
 class OwnerJobsConsumer(JobStreamConsumer):
     """`/ws/jobs/`: a snapshot of the owner's recent jobs, then every change to any of them."""
 
+    stream_path = OWNER_SOCKET
+
     async def start_stream(self) -> None:
         # One trip to the database for the owner, a second one for the snapshot: the
         # group to join before the snapshot is read depends on the owner.
@@ -308,6 +322,7 @@ class OwnerJobsConsumer(JobStreamConsumer):
         payloads = await self.follow.open(functools.partial(read_owner_jobs, self.owner), channel=self.local_channel)
         self.follow.shown(payloads)
         await self.send(text_data=snapshot_frame_text(payloads))
+        STREAMS.sent()
         await self.follow.push_to(self.send_job_frame)
 
     async def on_cancel(self, frame: dict[str, Any]) -> None:
@@ -330,6 +345,8 @@ class UnknownPathConsumer(AsyncWebsocketConsumer):
 class StaffJobsConsumer(JobStreamConsumer):
     """`/ws/staff/jobs/`: every queued and running job and the counts per state, then
     every change to any job (the staff group). For anyone but staff it does not exist."""
+
+    stream_path = STAFF_SOCKET
 
     live_frames: dict[str, str]  # job id -> the newest frame sent, for jobs not yet ended
     recheck: asyncio.Future[None] | None = None  # the re-reads of the user's right, while the feed runs
@@ -371,6 +388,7 @@ class StaffJobsConsumer(JobStreamConsumer):
         assert self.follow is not None
         self.follow.shown(payloads)
         await self.send(text_data=snapshot_frame_text(payloads, counts=counts))
+        STREAMS.sent()
 
     def send_job_frame(self, message: LayerJobMessage) -> Awaitable[None] | None:
         if message["terminal"]:

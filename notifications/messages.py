@@ -7,7 +7,7 @@ is, so a frame is never decoded or encoded again on its way to the sockets.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 
 class LayerJobMessage(TypedDict):
@@ -16,6 +16,10 @@ class LayerJobMessage(TypedDict):
     seq: int
     terminal: bool
     text: str
+    # The publisher's time.time() as it published (absent on a state read from the
+    # database): the daphne measures delivery lag from it. Outside `text`, which the
+    # client gets as it is.
+    published_at: NotRequired[float]
 
 
 class LayerLogMessage(TypedDict):

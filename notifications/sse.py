@@ -37,6 +37,7 @@ from notifications.follow import Follow, job_follow, read_job
 from notifications.log_after import log_after_of
 from notifications.sessions import session_group_of
 from notifications.socket_quota import stream_slots_acquire, stream_slots_release
+from notifications.stream_metrics import EVENT_STREAM, STREAMS
 
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 HEAL_EVERY = 4  # quiet keep-alives (a minute) before the stream reads its job again, for a frame lost on the way
@@ -174,6 +175,7 @@ async def _backfill(job_id: uuid.UUID, follow: Follow, log_after: int) -> AsyncI
     tail = await database_sync_to_async(job_log_tail)(job_id=job_id, after=log_after)
     for lines in frame_chunks(tail["lines"]):
         data = log_data_text(lines, total=tail["total"], dropped=tail["dropped"])
+        STREAMS.sent()
         yield f"event: log\ndata: {data}\n\n".encode()
     follow.shows_log(log_after, tail["lines"])
 
@@ -186,12 +188,14 @@ async def _stream(
     # Read here, not in the view: a session new with this request has its key only once
     # the response's headers (and the session) are saved.
     follow.ends_with(session_group_of(session))
+    STREAMS.opened(EVENT_STREAM)
     try:
         payloads = await follow.open(functools.partial(read_job, job_id, staff=staff))
         if not payloads:
             return  # deleted since the request was checked
         (payload,) = payloads
         if payload["seq"] > last_seq:
+            STREAMS.sent()
             yield _event(payload["seq"], payload_text(payload))
         follow.shown_seq(payload["id"], max(payload["seq"], last_seq))
         if log_after is not None:
@@ -211,6 +215,7 @@ async def _stream(
                     await follow.heal()  # the event stream's clients have no re-read of their own
                 yield b": keep-alive\n\n"
                 continue
+            STREAMS.pushed(message)
             if message["type"] == "job.log":
                 yield _log_event(message["text"])
                 continue
@@ -218,6 +223,7 @@ async def _stream(
             if message["terminal"]:
                 return
     finally:
+        STREAMS.closed(EVENT_STREAM)
         try:
             await follow.close()
         finally:
