@@ -13,12 +13,14 @@ from celery.signals import worker_process_init, worker_ready
 
 from core.compat.worker import UpstreamPatches
 from core.gc_tuning import tune_after_startup
+from core.worker_metrics import WorkerMetricsServer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 
 app = Celery("jobstream")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.steps["worker"].add(UpstreamPatches)  # the worker's patches of kombu and channels-redis, before it consumes
+app.steps["worker"].add(WorkerMetricsServer)  # WORKER_METRICS_PORT (core/worker_metrics.py)
 app.autodiscover_tasks()
 
 

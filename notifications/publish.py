@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -51,6 +52,7 @@ from jobs.models import Job
 from jobs.serializers import job_frame_text, job_payload
 from notifications.groups import job_groups, session_group
 from notifications.messages import LayerJobMessage, LayerLogMessage, LayerMessage, LayerSessionEndMessage
+from notifications.publish_metrics import FRAMES_PUBLISHED, PUBLISHER_BACKLOG
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +223,7 @@ class Publisher:
         with self._lock:
             self._handed += 1
             self._outbox.put((groups, message))
+        PUBLISHER_BACKLOG.inc()
 
     def _write(
         self, layer: layer_compat.JobStreamChannelLayer, batch: Iterable[tuple[list[str], LayerMessage]]
@@ -273,6 +276,7 @@ class Publisher:
             with self._settled_changed:
                 self._settled += len(batch)
                 self._settled_changed.notify_all()
+            PUBLISHER_BACKLOG.dec(len(batch))
 
     # --- the cancel signal ---------------------------------------------------------
 
@@ -359,7 +363,15 @@ def _frame_sender(path: str) -> FrameSender:
 def publish_frame(groups: list[str], job_id: str, seq: int, terminal: bool, text: str) -> None:
     """Sends one frame through the publisher, or through JOBSTREAM_PUBLISHER's callable
     (a dotted path: the benchmarks' baseline publishes the usual way through it)."""
-    message: LayerJobMessage = {"type": "job.frame", "job_id": job_id, "seq": seq, "terminal": terminal, "text": text}
+    message: LayerJobMessage = {
+        "type": "job.frame",
+        "job_id": job_id,
+        "seq": seq,
+        "terminal": terminal,
+        "text": text,
+        "published_at": time.time(),  # the daphnes' delivery lag counts from it (notifications/stream_metrics.py)
+    }
+    FRAMES_PUBLISHED.inc()
     if settings.JOBSTREAM_PUBLISHER:
         _frame_sender(settings.JOBSTREAM_PUBLISHER)(groups, message)
     else:
@@ -370,6 +382,7 @@ def publish_log(groups: list[str], job_id: str, *, first: int, last: int, text: 
     """Sends a batch of a job's log lines (jobs/log_writer.py) the way its frames go: on the
     same channel as the job's frames, so a batch sent before the job's end arrives before it."""
     message: LayerLogMessage = {"type": "job.log", "job_id": job_id, "first": first, "last": last, "text": text}
+    FRAMES_PUBLISHED.inc()
     publisher.send_job_frame(groups, message)
 
 
