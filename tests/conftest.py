@@ -21,7 +21,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 from core.daphne_limits import daphne_command
 from core.redis_local import RedisProcess, free_port, start_redis
-from tests.environment import TEST_SECRET_KEY
+from tests.environment import TEST_METRICS_TOKEN, TEST_SECRET_KEY
 from tests.processes import stop_process
 from tests.sentinel import SentinelSet
 from tests.waiting import wait_until
@@ -183,6 +183,7 @@ def live_server_env(redis_server: RedisProcess, media_root: Path, django_db_setu
         "MEDIA_ROOT": str(media_root),
         "DEBUG": "false",
         "SECRET_KEY": TEST_SECRET_KEY,
+        "METRICS_TOKEN": TEST_METRICS_TOKEN,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SESSION_COOKIE_SECURE": "false",
         "CSRF_COOKIE_SECURE": "false",

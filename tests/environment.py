@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 
 TEST_SECRET_KEY = "jobstream-tests-secret-key-not-for-production-0123456789"
+TEST_METRICS_TOKEN = "jobstream-tests-metrics-token-0123456789"  # the servers' METRICS_TOKEN (tests/conftest.py)
 
 os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("SECRET_KEY", TEST_SECRET_KEY)
