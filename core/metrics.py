@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
@@ -67,4 +67,5 @@ async def metrics(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return method_not_allowed_response(request.method, ["GET", "HEAD"])
     body = await sync_to_async(_exposition, thread_sensitive=False)()
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+    # The 0.0.4 text format every Prometheus reads; jobstream's names need no escaping.
+    return HttpResponse(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)
