@@ -206,7 +206,8 @@ def job_figures(*, wait_bounds: Sequence[float], run_bounds: Sequence[float]) ->
     one aggregate query over the whole table, so every web process reports the same.
 
     It reads every row (histograms over all time cannot use an index): linear in the
-    table, about 0.1 s per 100,000 jobs on SQLite (bench/metrics_scrape.py measures it),
+    table, 0.5-0.7 s per 100,000 jobs on SQLite on a shared 2-core machine
+    (bench/metrics_scrape.py measures it),
     and retention (JOB_RETENTION_DAYS) keeps the table bounded."""
     aggregates: dict[str, Any] = {
         "jobs": Count("pk"),
