@@ -3,10 +3,12 @@ the channel layer, or Sentinel; and every malformed value stops start-up naming 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -330,3 +332,74 @@ def test_manage_py_check_stops_on_a_malformed_value_naming_it(variable: str, val
 
     assert result.returncode != 0
     assert message in result.stderr
+
+
+SETTINGS_PROBE = (
+    "import json; from django.conf import settings as s; print(json.dumps({"
+    "'hosts': s.CHANNEL_LAYERS['default']['CONFIG']['hosts'], 'main': s.REDIS_HOST, 'redis_url': s.REDIS_URL, "
+    "'broker': s.CELERY_BROKER_URL, 'broker_options': s.CELERY_BROKER_TRANSPORT_OPTIONS, "
+    "'results': s.CELERY_RESULT_BACKEND, 'results_options': s.CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS}))"
+)
+
+
+def settings_with(**variables: str) -> dict[str, Any]:
+    """The Redis settings of a fresh process started with these variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("REDIS_", "CELERY_", "CHANNEL_"))}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SETTINGS_PROBE],
+        cwd=ROOT,
+        env={**env, **variables},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_settings_shard_the_layer_and_keep_the_rest_on_redis_url() -> None:
+    found = settings_with(REDIS_URL="redis://main:6379/1", CHANNEL_REDIS_URLS="redis://s1:6379/0,redis://s2:6379/0")
+
+    assert found["hosts"] == [{"address": "redis://s1:6379/0"}, {"address": "redis://s2:6379/0"}]
+    assert found["main"] == {"address": "redis://main:6379/1"}
+    assert found["broker"] == found["results"] == "redis://main:6379/1"
+    assert "master_name" not in found["broker_options"]
+    assert found["results_options"] == {}
+
+
+def test_settings_send_every_use_through_the_sentinels_but_an_explicit_broker() -> None:
+    found = settings_with(**SENTINEL_ENV, CELERY_BROKER_URL="redis://broker:6379/0")
+
+    master = {
+        "sentinels": [["10.0.0.5", 26379], ["sentinel-b", 26380]],  # tuples, as JSON shows them
+        "master_name": "jobstream",
+        "sentinel_kwargs": {**SENTINEL_KWARGS, "password": "s3cret"},
+        "db": 2,
+        "password": "p@ss:w/rd",
+    }
+    assert found["hosts"] == [master]
+    assert found["main"] == master
+    assert found["broker"] == "redis://broker:6379/0"
+    assert "master_name" not in found["broker_options"]
+    assert found["broker_options"]["visibility_timeout"] > 2 * 60 * 60  # the usual options stay
+    assert found["results"].startswith("sentinel://:p%40ss%3Aw%2Frd@10.0.0.5:26379/2;")
+    assert found["results_options"] == {"master_name": "jobstream", "sentinel_kwargs": master["sentinel_kwargs"]}
+
+
+def test_settings_give_the_broker_the_sentinel_transport_options() -> None:
+    found = settings_with(REDIS_SENTINELS="s:26379")
+
+    assert found["broker"] == "sentinel://s:26379/0"
+    assert found["broker_options"]["master_name"] == DEFAULT_SENTINEL_MASTER
+    assert found["broker_options"]["socket_connect_timeout"] == 3
+
+
+def test_channel_layers_for_takes_a_url_or_shards_in_order() -> None:
+    from core.settings import channel_layers_for
+
+    sentinel = {"sentinels": [("s", 26379)], "master_name": "m"}
+    assert channel_layers_for("redis://a:1/0")["default"]["CONFIG"] == {"hosts": [{"address": "redis://a:1/0"}]}
+    assert channel_layers_for(["redis://a:1/0", sentinel])["default"]["CONFIG"] == {
+        "hosts": [{"address": "redis://a:1/0"}, sentinel]
+    }
