@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from notifications.stream_metrics import EVENT_STREAM, JOB_SOCKET, OWNER_SOCKET
 from tests.conftest import LiveServer
+from tests.e2e.test_stream import next_frame, open_socket
 from tests.scrapes import Scrape, ascrape
 from tests.waiting import async_wait_until
 
@@ -41,20 +40,6 @@ async def start_job(client: httpx.AsyncClient, *, steps: int, step_seconds: floa
     assert response.status_code == 201, response.text
     job: dict[str, Any] = response.json()
     return job
-
-
-def open_socket(live_server: LiveServer, client: httpx.AsyncClient, path: str) -> Any:
-    return connect(
-        f"{live_server.ws_url}{path}",
-        origin=live_server.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": f"sessionid={client.cookies['sessionid']}"},
-        open_timeout=TIMEOUT,
-    )
-
-
-async def next_frame(socket: ClientConnection) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), TIMEOUT))
-    return frame
 
 
 async def figure_reaches(client: httpx.AsyncClient, wanted: float, name: str, **labels: str) -> Scrape:
