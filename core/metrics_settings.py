@@ -1,5 +1,5 @@
 """The metrics settings read from the environment (docs/deploy.md#metrics); a bad value
-stops start-up, and core/settings.py names the variable.
+stops start-up naming the variable (`metrics_settings_from_env`).
 
 - `METRICS_TOKEN`: the bearer token that may scrape `/metrics`; unset (or empty), no
   token is accepted and only users with `jobs.view_metrics` may read it.
@@ -16,7 +16,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 METRICS_TOKEN_MIN_LENGTH = 16  # characters: a short token is guessable by anyone who reaches the port
 # A header value without spaces or quotes, so no proxy or client reshapes it on the way.
@@ -24,9 +29,9 @@ TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~+/=")
 PORT_MAX = 65535
 
 
-def metrics_token(raw: str) -> str | None:
+def metrics_token(raw: str | None) -> str | None:
     """The token, or None when none is set; ValueError says what is wrong with it."""
-    token = raw.strip()
+    token = (raw or "").strip()
     if not token:
         return None
     if len(token) < METRICS_TOKEN_MIN_LENGTH:
@@ -36,9 +41,9 @@ def metrics_token(raw: str) -> str | None:
     return token
 
 
-def metrics_port(raw: str) -> int | None:
+def metrics_port(raw: str | None) -> int | None:
     """A TCP port (1-65535), or None when unset; ValueError says what is wrong with it."""
-    value = raw.strip()
+    value = (raw or "").strip()
     if not value:
         return None
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= PORT_MAX:
@@ -46,9 +51,9 @@ def metrics_port(raw: str) -> int | None:
     return int(value)
 
 
-def metrics_address(raw: str) -> str:
+def metrics_address(raw: str | None) -> str:
     """An IP address to bind (every IPv4 interface when unset); ValueError otherwise."""
-    value = raw.strip()
+    value = (raw or "").strip()
     if not value:
         return "0.0.0.0"
     try:
@@ -70,3 +75,28 @@ def multiprocess_dir(raw: str | None) -> str | None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"must be a directory this process can write, and {raw!r} is not")
     return str(path)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    token: str | None
+    worker_port: int | None
+    worker_address: str
+    multiprocess_dir: str | None
+
+
+def metrics_settings_from_env(environ: Mapping[str, str]) -> MetricsSettings:
+    """The four settings, each checked; a bad one raises RuntimeError naming its variable."""
+
+    def parsed(name: str, parse: Callable[[str | None], T]) -> T:
+        try:
+            return parse(environ.get(name))
+        except ValueError as exc:
+            raise RuntimeError(f"{name} {exc}.") from None
+
+    return MetricsSettings(
+        token=parsed("METRICS_TOKEN", metrics_token),
+        worker_port=parsed("WORKER_METRICS_PORT", metrics_port),
+        worker_address=parsed("WORKER_METRICS_ADDRESS", metrics_address),
+        multiprocess_dir=parsed("PROMETHEUS_MULTIPROC_DIR", multiprocess_dir),
+    )

@@ -10,20 +10,18 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import dj_database_url
 from celery.schedules import crontab
 
 from core.email_url import email_settings_from_url, site_url_check
-from core.metrics_settings import metrics_address, metrics_port, metrics_token, multiprocess_dir
+from core.metrics_settings import metrics_settings_from_env
 from core.redis_topology import redis_topology_from_env
 from jobs.task_names import CLEAR_SESSIONS_TASK, PURGE_FINISHED_TASK, SWEEP_TASK
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -350,21 +348,11 @@ JOB_LIST_PAGE_SIZE = 20
 # `Authorization: Bearer $METRICS_TOKEN` (unset: no token is accepted). A worker host
 # serves its workers' figures on WORKER_METRICS_PORT (unset: off); with the prefork pool
 # its children write them to PROMETHEUS_MULTIPROC_DIR (core/worker_metrics.py).
-def env_parsed(name: str, parse: Callable[[str], T]) -> T:
-    """`parse` of the variable's value ("" when unset); its ValueError stops start-up naming the variable."""
-    try:
-        return parse(os.environ.get(name, ""))
-    except ValueError as exc:
-        raise RuntimeError(f"{name} {exc}.") from None
-
-
-METRICS_TOKEN = env_parsed("METRICS_TOKEN", metrics_token)
-WORKER_METRICS_PORT = env_parsed("WORKER_METRICS_PORT", metrics_port)
-WORKER_METRICS_ADDRESS = env_parsed("WORKER_METRICS_ADDRESS", metrics_address)
-try:
-    PROMETHEUS_MULTIPROC_DIR = multiprocess_dir(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-except ValueError as exc:
-    raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR {exc}.") from None
+_metrics = metrics_settings_from_env(os.environ)
+METRICS_TOKEN = _metrics.token
+WORKER_METRICS_PORT = _metrics.worker_port
+WORKER_METRICS_ADDRESS = _metrics.worker_address
+PROMETHEUS_MULTIPROC_DIR = _metrics.multiprocess_dir
 
 # --- Mail (docs/contract.md#email) --------------------------------------------------
 # EMAIL_URL names the server (core/email_url.py): smtp://user:pass@host:587/?tls=true,
