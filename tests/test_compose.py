@@ -7,6 +7,7 @@ too, and hadolint, when installed, lints the Dockerfile.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.nginx import CONFIG, markers
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -396,3 +399,33 @@ def test_dockerfile_passes_hadolint() -> None:
         )
     result = subprocess.run([binary, str(DOCKERFILE)], cwd=ROOT, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
+
+
+# --- the proxy -------------------------------------------------------------------
+
+
+def test_proxy_runs_the_shipped_nginx_file_in_front_of_web() -> None:
+    proxy = service("proxy")
+    assert proxy["image"].startswith("nginx:")
+    volumes = [str(volume).split(":") for volume in proxy["volumes"]]
+    # The template replaces the image's default server, so nothing else answers on 80.
+    assert ["./deploy/nginx.conf", "/etc/nginx/templates/default.conf.template", "ro"] in volumes
+    environment = environment_of("proxy")
+    assert environment["NGINX_ENVSUBST_FILTER"] == "^JOBSTREAM_"  # nginx's own $variables stay
+    assert markers(CONFIG.read_text()) <= set(environment), "every marker of deploy/nginx.conf gets a value"
+    assert environment["JOBSTREAM_UPSTREAM_SERVERS"] == "server web:8000;"
+    assert depends_on_conditions("proxy") == {"web": "service_healthy"}
+    assert "/api/job-kinds/" in healthcheck_test("proxy")
+
+
+def test_proxy_reads_the_results_from_the_media_volume_read_only() -> None:
+    media_root = environment_of("proxy")["JOBSTREAM_MEDIA_ROOT"]
+    assert media_root == environment_of("web")["MEDIA_ROOT"]
+    assert f"media:{media_root}:ro" in [str(volume) for volume in service("proxy")["volumes"]]
+
+
+def test_web_trusts_the_proxys_fixed_address_and_no_other() -> None:
+    address = service("proxy")["networks"]["default"]["ipv4_address"]
+    subnet = compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
+    assert environment_of("web")["TRUSTED_PROXIES"] == f"${{TRUSTED_PROXIES:-{address}}}"
