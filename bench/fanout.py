@@ -10,6 +10,15 @@ processes (bench/ws_clients.py) so the client is not what is measured.
     .venv/bin/python bench/fanout.py --quick              # watchers and jobs / 10
     .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --mode ours
     .venv/bin/python bench/fanout.py --scenario 1000w/100j@10Hz --aligned   # lockstep
+    .venv/bin/python bench/fanout.py --mode ours --daphnes 2 --proxy --compare   # 2 daphnes behind nginx
+
+Topology:
+  direct    (default) the clients talk to the one daphne
+  --daphnes N --proxy   N daphnes behind Debian's nginx running deploy/nginx.conf (as
+            tests/e2e/test_proxy.py runs it); every socket and request goes through
+            nginx, whose CPU is counted beside daphne's (daphne's is the N processes'
+            sum). --compare runs each scenario both ways in one run: 1 daphne direct,
+            then N behind nginx.
 
 Load shapes:
   spread    (default) `ticker` jobs, job i's ticks i/jobs of an interval after job 0's,
@@ -97,6 +106,7 @@ from bench.ws_clients import (  # noqa: E402
     new_stop_event,
     raise_fd_limit,
 )
+from tests.nginx import NginxProcess  # noqa: E402
 
 WARMUP = 1.0  # seconds of ticks per job not counted, while the sockets open
 DEADLINE_SLACK = 30.0  # seconds past nominal before a run gives up on what is left (the run budget: 10 min)
@@ -309,7 +319,23 @@ def start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
     )  # fmt: skip
 
 
-def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Topology:
+    daphnes: int = 1
+    proxy: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.daphnes}d+nginx" if self.proxy else f"{self.daphnes}d"
+
+
+DIRECT = Topology()
+NGINX_CONNECTIONS = 16384  # per nginx worker: a proxied socket holds two
+
+
+def run_once(
+    scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False, topology: Topology = DIRECT
+) -> dict[str, Any]:
     """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
     reports = scenario.reports(warmup)
     warmup_ticks = scenario.warmup_ticks(warmup)
@@ -318,13 +344,25 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     clients: list[ClientProcess] = []
     stop = new_stop_event()
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
-    with Stack(env=env, workers=0, daphnes=1, asgi=BENCH_ASGI) as stack:
+    nginx: NginxProcess | None = None
+    with Stack(env=env, workers=0, daphnes=topology.daphnes, asgi=BENCH_ASGI) as stack:
         try:
+            base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
+            if topology.proxy:
+                (stack.workdir / "nginx").mkdir()
+                nginx = NginxProcess(
+                    upstreams=[url.removeprefix("http://") for url in stack.base_urls],
+                    media_root=stack.workdir / "media",
+                    workdir=stack.workdir / "nginx",
+                    worker_connections=NGINX_CONNECTIONS,
+                )
+                nginx.start()
+                base_url, ws_url = nginx.url, nginx.ws_url
+            daphne_pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
             processes = client_count(scenario.watchers)
             clients = [ClientProcess(stop) for _ in range(processes)]
             for client in clients:
                 client.wait_ready()
-            base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
             cookies, csrf = new_session(base_url)
             cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
 
@@ -337,7 +375,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             assert stack.redis is not None
             timeline = CpuTimeline(
                 {
-                    "daphne": [stack.pids()["daphne0"]],
+                    "daphne": daphne_pids,
+                    **({"nginx": nginx.pids()} if nginx else {}),
                     "clients": [client.process.pid for client in clients if client.process.pid is not None],
                     "redis": [stack.redis.process.pid],
                 }
@@ -360,7 +399,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
-            meters = {"daphne": RssMeter(stack.pids()["daphne0"]), "worker": RssMeter(worker_pid)}
+            meters = {f"daphne{index}": RssMeter(pid) for index, pid in enumerate(daphne_pids)}
+            meters["worker"] = RssMeter(worker_pid)
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
             stop_at = deadline
@@ -401,6 +441,8 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             stop.set()
             for client in clients:
                 client.kill()
+            if nginx is not None:
+                nginx.stop()
 
     watchers = [watcher for client in clients if client.result for watcher in client.result.watchers]
     window_ticks = reports - warmup_ticks
@@ -435,6 +477,9 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     return {
         "scenario": scenario.name,
         "mode": mode,
+        "topology": topology.name,
+        "daphnes": topology.daphnes,
+        "proxy": topology.proxy,
         "watchers": scenario.watchers,
         "jobs": scenario.jobs,
         "rate_hz": scenario.rate_hz,
@@ -473,7 +518,11 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         "frames_sent": window["frames"],
         "daphne_cpu_s": round(window["cpu_s"]["daphne"], 2),
         "daphne_us_per_frame": window["daphne_us_per_frame"],
-        "daphne_max_rss_mb": round(meters["daphne"].max_rss / 2**20, 1),
+        "daphne_max_rss_mb": round(max(meter.max_rss for name, meter in meters.items() if name != "worker") / 2**20, 1),
+        "nginx_cpu_s": round(window["cpu_s"]["nginx"], 2) if nginx else None,
+        "nginx_us_per_frame": (
+            round(window["cpu_s"]["nginx"] * 1e6 / window["frames"], 1) if nginx and window["frames"] else None
+        ),
         "worker_cpu_s": round(window["cpu_s"]["worker"], 2),
         "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
         "redis_cpu_s": round(window["cpu_s"]["redis"], 2),
@@ -498,7 +547,8 @@ def _fmt(value: object, suffix: str = "") -> str:
 def print_run(figures: dict[str, Any]) -> None:
     f = figures
     layer = "pubsub layer, loop publisher" if f["mode"] == "ours" else "core layer, async_to_sync per update"
-    print(f"\n== {f['scenario']} · {f['mode']} ({layer}) ==")
+    where = f"{f['daphnes']} daphne(s) behind nginx" if f["proxy"] else f"{f['daphnes']} daphne(s), direct"
+    print(f"\n== {f['scenario']} · {f['mode']} ({layer}) · {where} ==")
     shape = "lockstep: every job ticks at the same instant" if f["aligned"] else "spread: phases over the interval"
     print(
         f"{f['jobs']} jobs x {f['reports_per_job']} reports @ {f['rate_hz']} Hz, {shape}; "
@@ -530,7 +580,8 @@ def print_run(figures: dict[str, Any]) -> None:
     print(
         f"CPU s over the {f['window_s']} s from the worker's start to the last socket's close: "
         f"daphne {f['daphne_cpu_s']} (max RSS {f['daphne_max_rss_mb']} MB), "
-        f"worker {f['worker_cpu_s']} (max RSS {f['worker_max_rss_mb']} MB), redis {f['redis_cpu_s']}, "
+        + (f"nginx {f['nginx_cpu_s']} ({f['nginx_us_per_frame']} µs per frame), " if f["proxy"] else "")
+        + f"worker {f['worker_cpu_s']} (max RSS {f['worker_max_rss_mb']} MB), redis {f['redis_cpu_s']}, "
         f"clients {f['clients_cpu_s']}; {f['frames_sent']} frames received, "
         f"{_fmt(f['daphne_us_per_frame'])} µs of daphne CPU per frame"
     )
@@ -540,28 +591,44 @@ def print_run(figures: dict[str, Any]) -> None:
 def print_table(runs: list[dict[str, Any]]) -> None:
     print(
         "\nside by side (latency in ms; lost = frames lost / expected; wall = % over nominal; CPU s and frames "
-        "over the worker's start to the last close; µs = daphne CPU per frame)"
+        "over the worker's start to the last close; µs = daphne CPU per frame, all daphnes; ngx µs = nginx's)"
     )
     header = (
-        f"{'scenario':<18} {'shape':<8} {'mode':<6} {'p50':>8} {'p95':>8} {'p99':>9} {'max':>9} {'lost':>14} "
-        f"{'wall':>8} {'daphne':>7} {'worker':>7} {'clients':>7} {'frames':>7} {'µs':>6}"
+        f"{'scenario':<18} {'shape':<8} {'mode':<6} {'where':<9} {'p50':>8} {'p95':>8} {'p99':>9} {'max':>9} "
+        f"{'lost':>14} {'wall':>8} {'daphne':>7} {'nginx':>6} {'worker':>7} {'clients':>7} {'frames':>7} "
+        f"{'µs':>6} {'ngx µs':>6}"
     )
     print(header)
     print("-" * len(header))
-    by_scenario: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_scenario: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_topology: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for f in runs:
-        by_scenario[(f["scenario"], f["shape"])][f["mode"]] = f
+        topology = f.get("topology", DIRECT.name)
+        by_scenario[(f["scenario"], f["shape"], topology)][f["mode"]] = f
+        by_topology[(f["scenario"], f["shape"], f["mode"])][topology] = f
         lost = f"{f['frames_lost']}/{f['frames_expected']}"
         print(
-            f"{f['scenario']:<18} {f['shape']:<8} {f['mode']:<6} {_fmt(f['p50_ms']):>8} {_fmt(f['p95_ms']):>8} "
-            f"{_fmt(f['p99_ms']):>9} {_fmt(f['max_ms']):>9} {lost:>14} {_fmt(f['wall_over_pct'], '%'):>8} "
-            f"{f['daphne_cpu_s']:>7} {f['worker_cpu_s']:>7} {f['clients_cpu_s']:>7} {f['frames_sent']:>7} "
-            f"{_fmt(f['daphne_us_per_frame']):>6}"
+            f"{f['scenario']:<18} {f['shape']:<8} {f['mode']:<6} {topology:<9} {_fmt(f['p50_ms']):>8} "
+            f"{_fmt(f['p95_ms']):>8} {_fmt(f['p99_ms']):>9} {_fmt(f['max_ms']):>9} {lost:>14} "
+            f"{_fmt(f['wall_over_pct'], '%'):>8} {f['daphne_cpu_s']:>7} {_fmt(f.get('nginx_cpu_s')):>6} "
+            f"{f['worker_cpu_s']:>7} {f['clients_cpu_s']:>7} {f['frames_sent']:>7} "
+            f"{_fmt(f['daphne_us_per_frame']):>6} {_fmt(f.get('nginx_us_per_frame')):>6}"
         )
-    for (name, shape), modes in by_scenario.items():
+    for (name, shape, topology), modes in by_scenario.items():
         ours, naive = modes.get("ours"), modes.get("naive")
         if ours and naive and ours["p99_ms"] and naive["p99_ms"]:
-            print(f"{name} {shape}: p99 ours/naive = {ours['p99_ms'] / naive['p99_ms']:.3f}")
+            print(f"{name} {shape} {topology}: p99 ours/naive = {ours['p99_ms'] / naive['p99_ms']:.3f}")
+    for (name, shape, mode), topologies in by_topology.items():
+        one = topologies.get(DIRECT.name)
+        for topology, other in topologies.items():
+            if one is None or other is one or not (one["p99_ms"] and other["p99_ms"]):
+                continue
+            print(
+                f"{name} {shape} {mode}: {topology} against 1d: p99 x{other['p99_ms'] / one['p99_ms']:.2f}, "
+                f"lost {other['frames_lost']} vs {one['frames_lost']}, CPU per frame (daphnes + nginx) "
+                f"{(other['daphne_us_per_frame'] or 0) + (other.get('nginx_us_per_frame') or 0):.1f} µs "
+                f"vs {one['daphne_us_per_frame']} µs"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,8 +640,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aligned", action="store_true", help="every job ticks at the same instant (bursts), not spread out"
     )
+    parser.add_argument("--daphnes", type=int, default=1, help="daphne processes (more than 1 needs --proxy)")
+    parser.add_argument("--proxy", action="store_true", help="the clients go through nginx (deploy/nginx.conf)")
+    parser.add_argument(
+        "--compare", action="store_true", help="each scenario also on 1 daphne, direct, in the same run"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for figures and raw latencies")
     args = parser.parse_args(argv)
+    if args.daphnes < 1 or (args.daphnes > 1 and not args.proxy):
+        parser.error("--daphnes N above 1 needs --proxy: the clients reach the daphnes through nginx")
+    topologies = [Topology(daphnes=args.daphnes, proxy=args.proxy)]
+    if args.compare:
+        topologies.insert(0, DIRECT)
 
     raise_fd_limit()  # daphne inherits it: thousands of sockets
     scenarios = [s for s in SCENARIOS if args.scenario in (None, s.name)]
@@ -585,9 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for scenario in scenarios:
         for mode in modes:
-            figures = run_once(scenario, mode, warmup=args.warmup, aligned=args.aligned)
-            print_run(figures)
-            runs.append(figures)
+            for topology in topologies:
+                figures = run_once(scenario, mode, warmup=args.warmup, aligned=args.aligned, topology=topology)
+                print_run(figures)
+                runs.append(figures)
     print_table(runs)
     for figures in runs:
         print(json.dumps({k: v for k, v in figures.items() if k not in ("latencies_ms", "p99_ms_by_tick", "phases")}))

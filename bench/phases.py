@@ -43,7 +43,7 @@ from bench.ws_clients import TERMINAL, WatcherResult
 
 PHASE_SAMPLE_SECONDS = 0.05  # a phase lasts from about half a second to several seconds
 PHASES = ("boot", "start", "steady", "ends")
-GROUPS = ("daphne", "worker", "clients", "redis")  # the processes, in the order they are shown
+GROUPS = ("daphne", "nginx", "worker", "clients", "redis")  # the processes, in the order they are shown
 
 
 class CpuTimeline:

@@ -2,7 +2,8 @@
 
 The file is filled in as its header says (only the ${JOBSTREAM_...} markers), put in
 an `http` block of a configuration of the test's own (its temp paths, its log, no
-daemon) and started as a child process, stopped by its PID.
+daemon) and started as a child process, stopped by its PID. The benchmarks
+(bench/fanout.py --proxy) start it the same way.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import psutil
 
 from core.redis_local import free_port
-from tests.conftest import ROOT
 from tests.processes import stop_process
 from tests.waiting import wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 NGINX = Path(os.environ.get("NGINX_PATH", "/usr/sbin/nginx"))
 CONFIG = ROOT / "deploy" / "nginx.conf"
 MARKER = re.compile(r"\$\{(JOBSTREAM_[A-Z_]+)\}")
@@ -42,7 +44,9 @@ def markers(template: str) -> set[str]:
 class NginxProcess:
     """nginx on 127.0.0.1:<free port> in front of `upstreams` (host:port each)."""
 
-    def __init__(self, *, upstreams: list[str], media_root: Path, workdir: Path) -> None:
+    def __init__(
+        self, *, upstreams: list[str], media_root: Path, workdir: Path, worker_connections: int = 1024
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -67,7 +71,9 @@ class NginxProcess:
         (workdir / "nginx.conf").write_text(
             f"{user}daemon off;\nworker_processes 1;\npid {workdir / 'nginx.pid'};\n"
             f"error_log {self.error_log} info;\n"
-            "events { worker_connections 1024; }\n"
+            # A proxied socket takes two connections (client and upstream) and a file each.
+            f"worker_rlimit_nofile {2 * worker_connections + 64};\n"
+            f"events {{ worker_connections {worker_connections}; }}\n"
             "http {\n"
             f"    access_log {self.access_log};\n"
             + "".join(f"    {kind}_temp_path {temp / kind};\n" for kind in TEMP_PATHS)
@@ -105,6 +111,12 @@ class NginxProcess:
             return httpx.get(f"{self.url}/api/job-kinds/", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def pids(self) -> list[int]:
+        """The master's and its workers' (what the benchmarks count CPU of)."""
+        assert self.process is not None
+        master = psutil.Process(self.process.pid)
+        return [master.pid, *(child.pid for child in master.children())]
 
     def logs(self) -> str:
         return "\n".join(
