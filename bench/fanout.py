@@ -13,12 +13,13 @@ processes (bench/ws_clients.py) so the client is not what is measured.
     .venv/bin/python bench/fanout.py --mode ours --daphnes 2 --proxy --compare   # 2 daphnes behind nginx
 
 Topology:
-  direct    (default) the clients talk to the one daphne
+  direct    (default) the clients talk to the one daphne; with --daphnes N, client
+            process i to daphne i mod N (daphne's CPU is the N processes' sum)
   --daphnes N --proxy   N daphnes behind Debian's nginx running deploy/nginx.conf (as
             tests/e2e/test_proxy.py runs it); every socket and request goes through
-            nginx, whose CPU is counted beside daphne's (daphne's is the N processes'
-            sum). --compare runs each scenario both ways in one run: 1 daphne direct,
-            then N behind nginx.
+            nginx, whose CPU is counted beside the daphnes'.
+  --compare also 1 daphne direct and, with --proxy, N daphnes direct, in the same run:
+            what the second daphne buys, and what nginx costs, apart.
 
 Load shapes:
   spread    (default) `ticker` jobs, job i's ticks i/jobs of an interval after job 0's,
@@ -385,8 +386,8 @@ def run_once(
             for index, client in enumerate(clients):
                 client.start(
                     ClientPlan(
-                        ws_url=ws_url,
-                        origin=base_url,
+                        ws_url=ws_url if nginx else stack.ws_urls[index % topology.daphnes],
+                        origin=base_url if nginx else stack.base_urls[index % topology.daphnes],
                         cookie=cookie,
                         job_ids=sockets[index::processes],
                         deadline=client_deadline,
@@ -640,18 +641,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aligned", action="store_true", help="every job ticks at the same instant (bursts), not spread out"
     )
-    parser.add_argument("--daphnes", type=int, default=1, help="daphne processes (more than 1 needs --proxy)")
+    parser.add_argument("--daphnes", type=int, default=1, help="daphne processes")
     parser.add_argument("--proxy", action="store_true", help="the clients go through nginx (deploy/nginx.conf)")
     parser.add_argument(
-        "--compare", action="store_true", help="each scenario also on 1 daphne, direct, in the same run"
+        "--compare", action="store_true", help="each scenario also on 1 daphne direct (and N direct) in the same run"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for figures and raw latencies")
     args = parser.parse_args(argv)
-    if args.daphnes < 1 or (args.daphnes > 1 and not args.proxy):
-        parser.error("--daphnes N above 1 needs --proxy: the clients reach the daphnes through nginx")
+    if args.daphnes < 1:
+        parser.error("--daphnes: at least 1")
     topologies = [Topology(daphnes=args.daphnes, proxy=args.proxy)]
     if args.compare:
-        topologies.insert(0, DIRECT)
+        topologies = sorted({DIRECT, Topology(daphnes=args.daphnes), *topologies}, key=lambda t: (t.proxy, t.daphnes))
 
     raise_fd_limit()  # daphne inherits it: thousands of sockets
     scenarios = [s for s in SCENARIOS if args.scenario in (None, s.name)]
