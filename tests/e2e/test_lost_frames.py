@@ -88,8 +88,7 @@ def test_page_ends_on_the_true_state_when_the_terminal_frame_is_lost(
     monkeypatch.setattr(publisher, "send_job_frame", lambda *args: swallowed.append(args))
     with transaction.atomic():  # all at once: a re-read in flight sees all of them ended, or none
         ends = [
-            job_finish(job_id=job.id, state=JobState.SUCCEEDED, seq_above=job.seq, result={"steps": 10})
-            for job in jobs
+            job_finish(job_id=job.id, state=JobState.SUCCEEDED, seq_above=job.seq, result={"steps": 10}) for job in jobs
         ]
     assert all(end is not None and end.is_terminal for end in ends)
     lost = [(message["job_id"], message["seq"]) for _, message in swallowed]
