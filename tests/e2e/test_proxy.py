@@ -29,6 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TIMEOUT = 15.0  # seconds for any one answer or frame through the proxy
 PROXY_HEADERS = ("--proxy-headers", "--proxy-headers-host", "X-Real-IP")
 TERMINAL = {"succeeded", "failed", "cancelled"}
+IMPORT_TIMEOUT = 60.0  # seconds for the 3.5 MB CSV's import to end
 
 
 @dataclass
@@ -103,6 +104,10 @@ async def next_job_frame(socket: ClientConnection) -> dict[str, Any]:
 async def state_of(client: httpx.AsyncClient, job_id: str) -> str:
     state: str = (await client.get(f"/api/jobs/{job_id}/")).json()["state"]
     return state
+
+
+def job_ended(job_id: str) -> bool:
+    return Job.objects.get(id=job_id).state in TERMINAL
 
 
 def sockets_from_nginx(daphne: DaphneProcess) -> int:
@@ -195,7 +200,7 @@ async def test_a_result_goes_out_from_nginx_after_the_owner_check(
     proxied: Proxied, client: httpx.AsyncClient, worker: Any
 ) -> None:
     job = await start_job(client, "report", {"rows": 2000})
-    assert wait_until(lambda: Job.objects.get(id=job["id"]).state in TERMINAL, timeout=TIMEOUT)
+    assert wait_until(lambda: job_ended(job["id"]), timeout=TIMEOUT)
     done = (await client.get(f"/api/jobs/{job['id']}/")).json()
     assert done["state"] == "succeeded" and done["result_url"], done
     stored = Job.objects.get(id=job["id"])
@@ -223,7 +228,7 @@ async def test_a_legal_upload_passes_and_bodies_over_the_limits_get_413_naming_t
     proxied: Proxied, client: httpx.AsyncClient, worker: Any
 ) -> None:
     header = b"email,name,age\n"
-    row = b"someone@example.com,Some One,40\n"
+    row = b"someone@example.com,Some " + b"O" * 180 + b" One,40\n"  # long rows: fewer of them to import
     csv = header + row * (3_500_000 // len(row))  # 3.5 MB: over nginx's default 1 MiB, under the 5 MiB limit
     upload = await client.post(
         "/api/jobs/",
@@ -257,6 +262,10 @@ async def test_a_legal_upload_passes_and_bodies_over_the_limits_get_413_naming_t
         headers={"X-CSRFToken": client.cookies["csrftoken"], "Content-Type": "application/json"},
     )
     assert elsewhere.status_code == 413 and "1 MiB" in elsewhere.json()["errors"]["body"][0]
+    # The import ends before the test does: a worker still writing its rows would hold
+    # locks the next test's table flush waits on.
+    assert wait_until(lambda: job_ended(upload.json()["id"]), timeout=IMPORT_TIMEOUT, interval=0.2)
+    assert Job.objects.get(id=upload.json()["id"]).state == "succeeded"
 
 
 # --- client address --------------------------------------------------------------
@@ -274,6 +283,7 @@ async def test_the_job_records_the_address_nginx_saw_not_one_the_client_wrote(pr
         assert response.status_code == 201, response.text
         job = response.json()
     assert Job.objects.get(id=job["id"]).client_address == "127.0.0.2"
+    assert wait_until(lambda: job_ended(job["id"]), timeout=TIMEOUT)
 
 
 # --- the page --------------------------------------------------------------------
