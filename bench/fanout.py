@@ -73,6 +73,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -147,6 +148,31 @@ SCENARIOS = [
     Scenario("1000w/100j@10Hz", 1000, 100, 10, 5),
     Scenario("5000w/50j@5Hz", 5000, 50, 5, 5),
 ]
+
+
+# --- what serves the sockets ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Front:
+    """What the watchers connect to, and whose CPU and memory count as the server's
+    (in the figures' `daphne_*` keys; bench/alternatives/compare.py puts other servers there)."""
+
+    name: str
+    ws_url: str  # the watchers open <ws_url>/ws/jobs/<id>/ (or what `client` opens)
+    pids: list[int]  # the serving processes; the first one's largest resident set is reported
+    client: Callable[[Any], ClientProcess] = ClientProcess  # a watcher process, given the stop event
+    connect_budget: float = CONNECT_BUDGET  # seconds the jobs wait for every watcher's first frame
+    others: dict[str, list[int]] = field(default_factory=dict)  # more processes whose CPU is reported
+
+
+FrontFactory = Callable[["Stack"], contextlib.AbstractContextManager[Front]]
+
+
+@contextlib.contextmanager
+def daphne_front(stack: Stack) -> Iterator[Front]:
+    """The stack's own daphne: jobstream as it ships."""
+    yield Front("daphne", stack.ws_urls[0], [stack.pids()["daphne0"]])
 
 
 # --- process meters ----------------------------------------------------------------------
@@ -309,8 +335,17 @@ def start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
     )  # fmt: skip
 
 
-def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False) -> dict[str, Any]:
-    """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
+def run_once(
+    scenario: Scenario,
+    mode: str,
+    *,
+    warmup: float,
+    aligned: bool = False,
+    asgi: str = BENCH_ASGI,
+    front: FrontFactory = daphne_front,
+) -> dict[str, Any]:
+    """One scenario in one mode on a fresh stack; the figures, raw latencies included.
+    `front` serves the sockets (the stack's daphne unless told otherwise)."""
     reports = scenario.reports(warmup)
     warmup_ticks = scenario.warmup_ticks(warmup)
     job_seconds = scenario.job_seconds(warmup)
@@ -318,13 +353,13 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     clients: list[ClientProcess] = []
     stop = new_stop_event()
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
-    with Stack(env=env, workers=0, daphnes=1, asgi=BENCH_ASGI) as stack:
+    with Stack(env=env, workers=0, daphnes=1, asgi=asgi) as stack, front(stack) as served:
         try:
             processes = client_count(scenario.watchers)
-            clients = [ClientProcess(stop) for _ in range(processes)]
+            clients = [served.client(stop) for _ in range(processes)]
             for client in clients:
                 client.wait_ready()
-            base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
+            base_url, ws_url = stack.base_urls[0], served.ws_url
             cookies, csrf = new_session(base_url)
             cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
 
@@ -333,13 +368,14 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
             job_ids = submit_tickers(base_url, cookies, csrf, scenario.jobs, params, aligned=aligned)
             submitted = time.time()
             sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
-            client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
+            client_deadline = submitted + served.connect_budget + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
             assert stack.redis is not None
             timeline = CpuTimeline(
                 {
-                    "daphne": [stack.pids()["daphne0"]],
+                    "daphne": served.pids,
                     "clients": [client.process.pid for client in clients if client.process.pid is not None],
                     "redis": [stack.redis.process.pid],
+                    **served.others,
                 }
             )
             timeline.start()
@@ -353,14 +389,16 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
                         deadline=client_deadline,
                     )
                 )
-            while not all(client.poll_opened() for client in clients) and time.time() < submitted + CONNECT_BUDGET:
+            while (
+                not all(client.poll_opened() for client in clients) and time.time() < submitted + served.connect_budget
+            ):
                 time.sleep(SAMPLE_SECONDS / 5)
             opened = time.time()
 
             start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
-            meters = {"daphne": RssMeter(stack.pids()["daphne0"]), "worker": RssMeter(worker_pid)}
+            meters = {"daphne": RssMeter(served.pids[0]), "worker": RssMeter(worker_pid)}
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
             stop_at = deadline
@@ -435,6 +473,7 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
     return {
         "scenario": scenario.name,
         "mode": mode,
+        "front": served.name,
         "watchers": scenario.watchers,
         "jobs": scenario.jobs,
         "rate_hz": scenario.rate_hz,
@@ -478,6 +517,13 @@ def run_once(scenario: Scenario, mode: str, *, warmup: float, aligned: bool = Fa
         "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
         "redis_cpu_s": round(window["cpu_s"]["redis"], 2),
         "clients_cpu_s": round(window["cpu_s"]["clients"], 2),
+        "others_cpu_s": {
+            name: {
+                "connect": round(timeline.between(name, submitted, opened), 2),
+                "window": round(timeline.between(name, released, stopped), 2),
+            }
+            for name in served.others
+        },
         "phases": phases,
         "close_codes": dict(Counter(str(w.close_code) for w in watchers)),
         "connect_errors": dict(Counter(w.error.split("(")[0] for w in watchers if w.error).most_common(3)),
