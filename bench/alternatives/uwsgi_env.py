@@ -2,7 +2,8 @@
 
 Not in the project's requirements: it compiles C at install (a compiler and Python's
 headers), and only the comparison runs it. The first call builds it into
-var/alternatives/uwsgi-venv (a minute or two); later calls reuse it. uWSGI's embedded
+$XDG_CACHE_HOME/jobstream/uwsgi-venv (~/.cache by default; outside the tree, which
+`ruff check .` and `mypy .` walk) in a minute or two; later calls reuse it. uWSGI's embedded
 interpreter is the same Python as .venv's, so the served app imports Django and the rest
 from .venv (`--virtualenv`) and gevent from this virtualenv (`--pythonpath`).
 
@@ -11,14 +12,15 @@ from .venv (`--virtualenv`) and gevent from this virtualenv (`--pythonpath`).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-VENV = ROOT / "var" / "alternatives" / "uwsgi-venv"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+VENV = CACHE / "jobstream" / "uwsgi-venv"
 PACKAGES = ("uwsgi==2.0.31", "gevent==26.9.0")  # the releases this comparison was written against
 BUILD_TIMEOUT = 900.0  # seconds: uWSGI compiles from source on a busy machine
 
