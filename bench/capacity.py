@@ -32,8 +32,8 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -281,13 +281,31 @@ def _rss(process: psutil.Process) -> int:
     return int(process.memory_info().rss)
 
 
-def run_sockets(total: int, hold_seconds: float, extra_env: dict[str, str]) -> dict[str, Any]:
+# What serves the sockets: (its WebSocket URL, the process whose memory and CPU are measured).
+SocketServer = Callable[[Stack], AbstractContextManager[tuple[str, int]]]
+
+
+@contextmanager
+def stack_daphne(stack: Stack) -> Iterator[tuple[str, int]]:
+    yield stack.ws_urls[0], stack.pids()["daphne0"]
+
+
+def run_sockets(
+    total: int,
+    hold_seconds: float,
+    extra_env: dict[str, str],
+    *,
+    asgi: str = "core.asgi:application",
+    server: SocketServer = stack_daphne,
+) -> dict[str, Any]:
+    """`server` holds the sockets (the stack's daphne unless told otherwise:
+    bench/alternatives/compare.py gives its other servers); its figures are in the `daphne_*` keys."""
     fd_limit = raise_fd_limit()
     if fd_limit < total + 1000:
         print(f"warning: RLIMIT_NOFILE is {fd_limit}; {total} sockets need about {total + 1000}", file=sys.stderr)
-    with Stack(daphnes=1, workers=0, env=extra_env) as stack:
-        base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
-        daphne = psutil.Process(stack.pids()["daphne0"])
+    with Stack(daphnes=1, workers=0, env=extra_env, asgi=asgi) as stack, server(stack) as (ws_url, server_pid):
+        base_url = stack.base_urls[0]
+        daphne = psutil.Process(server_pid)
         sessions = [new_session(base_url) for _ in range(min(SESSIONS, total))]
         cookies = ["; ".join(f"{k}={v}" for k, v in jar.items()) for jar, _ in sessions]
         asyncio.run(_warm_up(ws_url, base_url, cookies[0]))

@@ -83,6 +83,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -158,6 +159,71 @@ SCENARIOS = [
     Scenario("1000w/100j@10Hz", 1000, 100, 10, 5),
     Scenario("5000w/50j@5Hz", 5000, 50, 5, 5),
 ]
+
+
+# --- what serves the sockets ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Front:
+    """What the watchers connect to, and whose CPU and memory count as the server's
+    (in the figures' `daphne_*` keys; bench/alternatives/compare.py puts other servers there)."""
+
+    name: str
+    ws_url: str  # the watchers open <ws_url>/ws/jobs/<id>/ (or what `client` opens)
+    pids: list[int]  # the serving processes; the first one's largest resident set is reported
+    client: Callable[[Any], ClientProcess] = ClientProcess  # a watcher process, given the stop event
+    connect_budget: float = CONNECT_BUDGET  # seconds the jobs wait for every watcher's first frame
+    others: dict[str, list[int]] = field(default_factory=dict)  # more processes whose CPU is reported
+    base_url: str = ""  # where the API calls go (empty: the stack's first daphne)
+    ws_urls: tuple[str, ...] = ()  # client process i opens ws_urls[i mod n] (empty: ws_url for all)
+
+
+FrontFactory = Callable[["Stack"], contextlib.AbstractContextManager[Front]]
+
+
+@contextlib.contextmanager
+def daphne_front(stack: Stack) -> Iterator[Front]:
+    """The stack's own daphne(s): jobstream as it ships; with several, client process i
+    talks to daphne i mod N."""
+    pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
+    yield Front("daphne", stack.ws_urls[0], pids, ws_urls=tuple(stack.ws_urls))
+
+
+NGINX_CONNECTIONS = 16384  # per nginx worker: a proxied socket holds two
+
+
+@contextlib.contextmanager
+def nginx_front(stack: Stack) -> Iterator[Front]:
+    """The stack's daphnes behind Debian's nginx running deploy/nginx.conf: every socket
+    and API call goes through it; its CPU is counted apart (`nginx`)."""
+    workdir = stack.workdir / "nginx"
+    workdir.mkdir()
+    nginx = NginxProcess(
+        upstreams=[url.removeprefix("http://") for url in stack.base_urls],
+        media_root=stack.workdir / "media",
+        workdir=workdir,
+        worker_connections=NGINX_CONNECTIONS,
+    )
+    nginx.start()
+    try:
+        pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
+        yield Front("daphne", nginx.ws_url, pids, base_url=nginx.url, others={"nginx": nginx.pids()})
+    finally:
+        nginx.stop()
+
+
+@dataclass(frozen=True)
+class Topology:
+    daphnes: int = 1
+    proxy: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.daphnes}d+nginx" if self.proxy else f"{self.daphnes}d"
+
+
+DIRECT = Topology()
 
 
 # --- process meters ----------------------------------------------------------------------
@@ -320,24 +386,20 @@ def start_worker(stack: Stack, concurrency: int, *, aligned: bool) -> None:
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Topology:
-    daphnes: int = 1
-    proxy: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.daphnes}d+nginx" if self.proxy else f"{self.daphnes}d"
-
-
-DIRECT = Topology()
-NGINX_CONNECTIONS = 16384  # per nginx worker: a proxied socket holds two
-
-
 def run_once(
-    scenario: Scenario, mode: str, *, warmup: float, aligned: bool = False, topology: Topology = DIRECT
+    scenario: Scenario,
+    mode: str,
+    *,
+    warmup: float,
+    aligned: bool = False,
+    asgi: str = BENCH_ASGI,
+    front: FrontFactory | None = None,
+    topology: Topology = DIRECT,
 ) -> dict[str, Any]:
-    """One scenario in one mode on a fresh stack; the figures, raw latencies included."""
+    """One scenario in one mode on a fresh stack; the figures, raw latencies included.
+    `front` serves the sockets (the stack's daphne(s), or nginx in front of them when
+    `topology` says so, unless told otherwise)."""
+    front = front or (nginx_front if topology.proxy else daphne_front)
     reports = scenario.reports(warmup)
     warmup_ticks = scenario.warmup_ticks(warmup)
     job_seconds = scenario.job_seconds(warmup)
@@ -345,25 +407,14 @@ def run_once(
     clients: list[ClientProcess] = []
     stop = new_stop_event()
     # No worker yet: the jobs wait queued while every socket opens, then one starts.
-    nginx: NginxProcess | None = None
-    with Stack(env=env, workers=0, daphnes=topology.daphnes, asgi=BENCH_ASGI) as stack:
+    with Stack(env=env, workers=0, daphnes=topology.daphnes, asgi=asgi) as stack, front(stack) as served:
         try:
-            base_url, ws_url = stack.base_urls[0], stack.ws_urls[0]
-            if topology.proxy:
-                (stack.workdir / "nginx").mkdir()
-                nginx = NginxProcess(
-                    upstreams=[url.removeprefix("http://") for url in stack.base_urls],
-                    media_root=stack.workdir / "media",
-                    workdir=stack.workdir / "nginx",
-                    worker_connections=NGINX_CONNECTIONS,
-                )
-                nginx.start()
-                base_url, ws_url = nginx.url, nginx.ws_url
-            daphne_pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
             processes = client_count(scenario.watchers)
-            clients = [ClientProcess(stop) for _ in range(processes)]
+            clients = [served.client(stop) for _ in range(processes)]
             for client in clients:
                 client.wait_ready()
+            base_url = served.base_url or stack.base_urls[0]
+            ws_urls = served.ws_urls or (served.ws_url,)
             cookies, csrf = new_session(base_url)
             cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
 
@@ -372,35 +423,37 @@ def run_once(
             job_ids = submit_tickers(base_url, cookies, csrf, scenario.jobs, params, aligned=aligned)
             submitted = time.time()
             sockets = [job_ids[index % scenario.jobs] for index in range(scenario.watchers)]
-            client_deadline = submitted + CONNECT_BUDGET + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
+            client_deadline = submitted + served.connect_budget + job_seconds + DEADLINE_SLACK + GRACE_SECONDS
             assert stack.redis is not None
             timeline = CpuTimeline(
                 {
-                    "daphne": daphne_pids,
-                    **({"nginx": nginx.pids()} if nginx else {}),
+                    "daphne": served.pids,
                     "clients": [client.process.pid for client in clients if client.process.pid is not None],
                     "redis": [stack.redis.process.pid],
+                    **served.others,
                 }
             )
             timeline.start()
             for index, client in enumerate(clients):
                 client.start(
                     ClientPlan(
-                        ws_url=ws_url if nginx else stack.ws_urls[index % topology.daphnes],
-                        origin=base_url if nginx else stack.base_urls[index % topology.daphnes],
+                        ws_url=ws_urls[index % len(ws_urls)],
+                        origin=base_url,
                         cookie=cookie,
                         job_ids=sockets[index::processes],
                         deadline=client_deadline,
                     )
                 )
-            while not all(client.poll_opened() for client in clients) and time.time() < submitted + CONNECT_BUDGET:
+            while (
+                not all(client.poll_opened() for client in clients) and time.time() < submitted + served.connect_budget
+            ):
                 time.sleep(SAMPLE_SECONDS / 5)
             opened = time.time()
 
             start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
-            meters = {f"daphne{index}": RssMeter(pid) for index, pid in enumerate(daphne_pids)}
+            meters = {f"daphne{index}": RssMeter(pid) for index, pid in enumerate(served.pids)}
             meters["worker"] = RssMeter(worker_pid)
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
@@ -442,8 +495,6 @@ def run_once(
             stop.set()
             for client in clients:
                 client.kill()
-            if nginx is not None:
-                nginx.stop()
 
     watchers = [watcher for client in clients if client.result for watcher in client.result.watchers]
     window_ticks = reports - warmup_ticks
@@ -478,6 +529,7 @@ def run_once(
     return {
         "scenario": scenario.name,
         "mode": mode,
+        "front": served.name,
         "topology": topology.name,
         "daphnes": topology.daphnes,
         "proxy": topology.proxy,
@@ -520,14 +572,23 @@ def run_once(
         "daphne_cpu_s": round(window["cpu_s"]["daphne"], 2),
         "daphne_us_per_frame": window["daphne_us_per_frame"],
         "daphne_max_rss_mb": round(max(meter.max_rss for name, meter in meters.items() if name != "worker") / 2**20, 1),
-        "nginx_cpu_s": round(window["cpu_s"]["nginx"], 2) if nginx else None,
+        "nginx_cpu_s": round(window["cpu_s"]["nginx"], 2) if "nginx" in window["cpu_s"] else None,
         "nginx_us_per_frame": (
-            round(window["cpu_s"]["nginx"] * 1e6 / window["frames"], 1) if nginx and window["frames"] else None
+            round(window["cpu_s"]["nginx"] * 1e6 / window["frames"], 1)
+            if "nginx" in window["cpu_s"] and window["frames"]
+            else None
         ),
         "worker_cpu_s": round(window["cpu_s"]["worker"], 2),
         "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
         "redis_cpu_s": round(window["cpu_s"]["redis"], 2),
         "clients_cpu_s": round(window["cpu_s"]["clients"], 2),
+        "others_cpu_s": {
+            name: {
+                "connect": round(timeline.between(name, submitted, opened), 2),
+                "window": round(timeline.between(name, released, stopped), 2),
+            }
+            for name in served.others
+        },
         "phases": phases,
         "close_codes": dict(Counter(str(w.close_code) for w in watchers)),
         "connect_errors": dict(Counter(w.error.split("(")[0] for w in watchers if w.error).most_common(3)),
