@@ -610,6 +610,8 @@ def print_run(figures: dict[str, Any]) -> None:
     f = figures
     layer = "pubsub layer, loop publisher" if f["mode"] == "ours" else "core layer, async_to_sync per update"
     where = f"{f['daphnes']} daphne(s) behind nginx" if f["proxy"] else f"{f['daphnes']} daphne(s), direct"
+    if f.get("front", "daphne") != "daphne":  # bench/alternatives/compare.py: another server holds the sockets
+        where = f"the sockets on {f['front']}"
     print(f"\n== {f['scenario']} · {f['mode']} ({layer}) · {where} ==")
     shape = "lockstep: every job ticks at the same instant" if f["aligned"] else "spread: phases over the interval"
     print(
