@@ -171,7 +171,7 @@ class Front:
 
     name: str
     ws_url: str  # the watchers open <ws_url>/ws/jobs/<id>/ (or what `client` opens)
-    pids: list[int]  # the serving processes; the first one's largest resident set is reported
+    pids: list[int]  # the serving processes; the largest resident set of any of them is reported
     client: Callable[[Any], ClientProcess] = ClientProcess  # a watcher process, given the stop event
     connect_budget: float = CONNECT_BUDGET  # seconds the jobs wait for every watcher's first frame
     others: dict[str, list[int]] = field(default_factory=dict)  # more processes whose CPU is reported
@@ -186,8 +186,7 @@ FrontFactory = Callable[["Stack"], contextlib.AbstractContextManager[Front]]
 def daphne_front(stack: Stack) -> Iterator[Front]:
     """The stack's own daphne(s): jobstream as it ships; with several, client process i
     talks to daphne i mod N."""
-    pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
-    yield Front("daphne", stack.ws_urls[0], pids, ws_urls=tuple(stack.ws_urls))
+    yield Front("daphne", stack.ws_urls[0], stack.daphne_pids(), ws_urls=tuple(stack.ws_urls))
 
 
 NGINX_CONNECTIONS = 16384  # per nginx worker: a proxied socket holds two
@@ -207,8 +206,7 @@ def nginx_front(stack: Stack) -> Iterator[Front]:
     )
     nginx.start()
     try:
-        pids = [pid for name, pid in stack.pids().items() if name.startswith("daphne")]
-        yield Front("daphne", nginx.ws_url, pids, base_url=nginx.url, others={"nginx": nginx.pids()})
+        yield Front("daphne", nginx.ws_url, stack.daphne_pids(), base_url=nginx.url, others={"nginx": nginx.pids()})
     finally:
         nginx.stop()
 
@@ -453,8 +451,9 @@ def run_once(
             start_worker(stack, scenario.jobs, aligned=aligned)
             worker_pid = stack.pids()["worker0"]
             timeline.add("worker", [worker_pid])
-            meters = {f"daphne{index}": RssMeter(pid) for index, pid in enumerate(served.pids)}
-            meters["worker"] = RssMeter(worker_pid)
+            server_meters = [RssMeter(pid) for pid in served.pids]
+            worker_meter = RssMeter(worker_pid)
+            meters = [*server_meters, worker_meter]
             released = time.time()
             deadline = released + job_seconds + DEADLINE_SLACK
             stop_at = deadline
@@ -467,7 +466,7 @@ def run_once(
             stopped: float | None = None  # when the run stopped the clients, if it had to
             job_set = set(job_ids)
             while not all(client.poll_result() for client in clients):
-                for meter in meters.values():
+                for meter in meters:
                     meter.sample()
                 now = time.time()
                 if not all_terminal and now >= next_poll:
@@ -484,7 +483,7 @@ def run_once(
             for client in clients:
                 if not client.poll_result(RESULT_TIMEOUT):
                     raise RuntimeError(f"client process {client.process.pid} handed back no results")
-            for meter in meters.values():
+            for meter in meters:
                 meter.sample()
             timeline.stop()
             finished = time.time()
@@ -571,7 +570,7 @@ def run_once(
         "frames_sent": window["frames"],
         "daphne_cpu_s": round(window["cpu_s"]["daphne"], 2),
         "daphne_us_per_frame": window["daphne_us_per_frame"],
-        "daphne_max_rss_mb": round(max(meter.max_rss for name, meter in meters.items() if name != "worker") / 2**20, 1),
+        "daphne_max_rss_mb": round(max(meter.max_rss for meter in server_meters) / 2**20, 1),
         "nginx_cpu_s": round(window["cpu_s"]["nginx"], 2) if "nginx" in window["cpu_s"] else None,
         "nginx_us_per_frame": (
             round(window["cpu_s"]["nginx"] * 1e6 / window["frames"], 1)
@@ -579,7 +578,7 @@ def run_once(
             else None
         ),
         "worker_cpu_s": round(window["cpu_s"]["worker"], 2),
-        "worker_max_rss_mb": round(meters["worker"].max_rss / 2**20, 1),
+        "worker_max_rss_mb": round(worker_meter.max_rss / 2**20, 1),
         "redis_cpu_s": round(window["cpu_s"]["redis"], 2),
         "clients_cpu_s": round(window["cpu_s"]["clients"], 2),
         "others_cpu_s": {

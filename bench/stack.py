@@ -163,6 +163,9 @@ class Stack:
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items()}
 
+    def daphne_pids(self) -> list[int]:
+        return [self.processes[f"daphne{index}"].pid for index in range(self.daphnes)]
+
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")
 
